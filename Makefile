@@ -1,0 +1,71 @@
+# FastCLIP over OpenCLIP 3.3.0 — set-up, patch workflow, tests.
+# `make test` (what CI runs) builds everything it needs from nothing.
+
+PY_SYS   ?= python3.11
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PIP      := $(PY) -m pip
+PYTEST_ARGS ?=
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# Tests and tools never use a GPU unless asked; the machine has none anyway.
+export OMP_NUM_THREADS ?= 2
+
+SETUP_STAMP := $(VENV)/.setup-done
+PATCH_STAMP := build/.installed-open-clip
+
+.PHONY: help setup horovod patch refresh-patches check-patches test test-fast test-upstream clean
+
+help:
+	@echo "make setup           venv with pinned torch, deps and Horovod (Gloo, CPU)"
+	@echo "make patch           unpack pinned open_clip_torch sdist, apply patches/, install editable"
+	@echo "make refresh-patches re-export build/open_clip commits on top of 'upstream' into patches/"
+	@echo "make check-patches   apply from scratch and prove patches/ is current"
+	@echo "make test            setup + patch + check-patches + pytest (what CI runs)"
+	@echo "make test-upstream   OpenCLIP's heavier offline training tests against the patched tree"
+
+# ---- environment -------------------------------------------------------------------------
+$(SETUP_STAMP): requirements.in constraints.txt
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	# torch first: the machine's pip serves these two from disk (do not lift its cap)
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -r requirements.in -c constraints.txt
+	touch $@
+
+setup: $(SETUP_STAMP)
+	$(MAKE) horovod
+
+horovod: $(SETUP_STAMP)
+	VENV=$(VENV) bash tools/build_horovod.sh
+
+# ---- patch set ---------------------------------------------------------------------------
+patch: $(SETUP_STAMP)
+	PYTHON=$(PY) bash tools/patchset.sh apply
+	@if [ ! -f $(PATCH_STAMP) ] || ! cmp -s build/open_clip.stamp $(PATCH_STAMP) \
+	    || ! $(PY) -c "import open_clip_train.main, open_clip_patch" 2>/dev/null; then \
+	  echo "installing the patched OpenCLIP tree and the overlay (editable)"; \
+	  $(PIP) install -q --no-deps --no-build-isolation -e build/open_clip -e . && \
+	  cp build/open_clip.stamp $(PATCH_STAMP); \
+	fi
+
+refresh-patches:
+	PYTHON=$(PY) bash tools/patchset.sh refresh
+
+check-patches: $(SETUP_STAMP)
+	PYTHON=$(PY) bash tools/patchset.sh check
+
+# ---- tests -------------------------------------------------------------------------------
+test: setup patch check-patches
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+	cd build/open_clip && ../../$(PY) -m pytest -q tests/test_wds.py tests/test_num_shards.py
+
+# the project's own tests only (no setup, patch or upstream checks): the inner loop
+test-fast:
+	$(PY) -m pytest -q $(PYTEST_ARGS) tests
+
+test-upstream: setup patch
+	cd build/open_clip && ../../$(PY) -m pytest -q tests/test_training_simple.py::test_training tests/test_training_simple.py::test_training_unfreezing_vit \
+	  $(PYTEST_ARGS)
+
+clean:
+	rm -rf build
