@@ -81,10 +81,11 @@ def default_output_dir(checkpoint):
     return checkpoint.parent.parent / "eval" / checkpoint.stem
 
 
-def add_model_args(parser):
+def add_model_args(parser, checkpoint_required=True):
     """Flags shared by the evaluation scripts."""
     group = parser.add_argument_group("model")
-    group.add_argument("--checkpoint", required=True, help="OpenCLIP checkpoint (epoch_N.pt)")
+    group.add_argument("--checkpoint", required=checkpoint_required,
+                       help="OpenCLIP checkpoint (epoch_N.pt)")
     group.add_argument("--model", default=None,
                        help="OpenCLIP model name (default: 'model' in the run's params.txt)")
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -17,7 +17,6 @@ and text R@1). Usage::
 import argparse
 import csv
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -119,4 +118,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}")

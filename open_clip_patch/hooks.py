@@ -4,20 +4,48 @@ Each hook returns OpenCLIP's own behaviour while ``--fastclip`` is off, so the b
 exactly upstream's; with it on, the hook hands over to the overlay's modules.
 """
 import logging
+from functools import partial
 
 import open_clip
 
-from . import params
+from . import indexing, optim, params, temperature
+from .schedules import GammaSchedule
+
+
+def _fastclip(args):
+    return getattr(args, "fastclip", False)
+
+
+# ---- main.py ------------------------------------------------------------------------------
+def init_temperature(args, model):
+    """Initial logit scale from --temperature; frozen for the constant and per-sample schemes."""
+    temperature.init_logit_scale(args, model)
+
+
+def builds_optimizer(args):
+    """True when the overlay, not OpenCLIP, builds the optimizer."""
+    return _fastclip(args) or args.opt in ("lamb", "lion", "sgdm")
+
+
+def create_optimizer(args, model):
+    lr_tau = args.lr_tau if temperature.learns_global_tau(args) else None
+    return optim.create_optimizer(args, model, lr_tau=lr_tau)
+
+
+def wrap_scheduler(args, scheduler, optimizer, model, total_steps):
+    """Give the logit-scale group (if any) its own --lr-tau schedule."""
+    return temperature.wrap_scheduler(args, scheduler, optimizer, model, total_steps)
 
 
 def create_loss(args):
     """OpenCLIP's loss, or the FastCLIP loss for ``--fastclip``."""
-    if not getattr(args, "fastclip", False):
+    if not _fastclip(args):
         return open_clip.create_loss(args)
+    from .comm import default_comm
     from .losses import FastCLIPLoss
 
     logging.info("FastCLIP configuration: %s", params.effective_config(args))
-    return FastCLIPLoss(
+    loss = FastCLIPLoss(
         version=args.fastclip_version,
         data_size=args.data_size,
         rho=args.rho,
@@ -25,4 +53,87 @@ def create_loss(args):
         tau_grad=args.tau_grad,
         temperature=args.temperature,
         lr_tau=args.lr_tau,
+        tau_betas=(args.beta1, args.beta2),
+        tau_eps=args.eps,
+        comm=default_comm(),
     )
+    loss.gamma_schedule = GammaSchedule(args.gamma_schedule, args.gamma_min,
+                                        args.gamma_decay_epochs, per_step=args.gamma_per_step)
+    logging.info("FastCLIP loss: %s; %s", loss.describe(), loss.gamma_schedule)
+    return loss
+
+
+# ---- data.py ------------------------------------------------------------------------------
+def data_counters(args):
+    """Counters shared with the dataloader workers, created once per run."""
+    if getattr(args, "data_counters", None) is None:
+        args.data_counters = indexing.DataCounters()
+    return args.data_counters
+
+
+def wds_tar_stage(args, tarfile_to_samples):
+    """OpenCLIP's shard reader, with a handler that also counts corrupt shards."""
+    return partial(tarfile_to_samples, handler=data_counters(args).count_shard_error)
+
+
+def wds_to_tuple(args, is_train):
+    """The pipeline's last per-sample stages: (image, text) or (image, text, sample_id)."""
+    import webdataset as wds
+
+    if not (_fastclip(args) and is_train):
+        return [wds.to_tuple("image", "text")]
+    if args.data_size is None:
+        from open_clip_train.data import expand_urls
+
+        args.data_size = indexing.id_space_of_shards(expand_urls(args.train_data)[0])
+        logging.info(f"FastCLIP: --data-size {args.data_size} from the shards' id space")
+    stage = indexing.WdsSampleId(args.data_size, args.skip_invalid_ids, data_counters(args))
+    return [wds.map(stage), wds.to_tuple("image", "text", "sample_id")]
+
+
+def with_sample_ids(args, dataset, is_train):
+    """CSV / synthetic datasets: the index is the sample id."""
+    if not (_fastclip(args) and is_train):
+        return dataset
+    if args.data_size is None:
+        args.data_size = len(dataset)
+        logging.info(f"FastCLIP: --data-size {args.data_size} (the dataset's length)")
+    return indexing.WithSampleIds(dataset, args.data_size)
+
+
+# ---- train.py -----------------------------------------------------------------------------
+def unpack_batch(args, batch):
+    """(images, texts, extra loss inputs); FastCLIP batches carry the sample ids."""
+    if _fastclip(args):
+        images, texts, sample_ids = batch
+        return images, texts, {"sample_ids": sample_ids}
+    images, texts = batch
+    return images, texts, {}
+
+
+def total_loss(losses):
+    """Sum of the loss terms; other entries (FastCLIP diagnostics) are only logged."""
+    return sum(value for key, value in losses.items() if key.endswith("loss"))
+
+
+def before_step(args, loss, epoch, step_in_epoch, steps_per_epoch):
+    """Set the loss's epoch and γ for this step (γ per epoch, or per step if configured)."""
+    if not _fastclip(args):
+        return
+    if step_in_epoch == 0:
+        loss.set_epoch(epoch)
+    loss.gamma = loss.gamma_schedule(epoch, step_in_epoch / steps_per_epoch)
+
+
+def step_log(args, optimizer):
+    """Extra scalars for tensorboard / wandb at each logged step."""
+    group = optim.temperature_group(optimizer)
+    return {"lr_tau": group["lr"]} if group is not None else {}
+
+
+def on_epoch_end(args, epoch):
+    counters = getattr(args, "data_counters", None)
+    if counters is not None:
+        counts = counters.snapshot()
+        if any(counts.values()):
+            logging.warning(f"Epoch {epoch} data problems (cumulative): {counts}")

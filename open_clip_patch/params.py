@@ -119,12 +119,21 @@ def validation_errors(args):
               "--siglip, distillation or CoCa"
 
 
+def _optimizer_defaults(args):
+    # OpenCLIP fills Adam's betas/eps per model after this; Lion and SGD need their own.
+    if args.opt == "lion" and args.beta1 is None and args.beta2 is None:
+        args.beta1, args.beta2 = 0.9, 0.99  # the Lion paper's defaults
+    if args.opt == "sgdm" and args.momentum is None:
+        args.momentum = 0.9
+
+
 def finalize_args(args, parser) -> None:
     """Apply presets and validate; called by the patched parse_args after parsing."""
     if args.opt not in OPTIMIZERS and not args.opt.startswith("timm/"):
         _fail(parser, f"--opt must be one of {', '.join(OPTIMIZERS)} or timm/<name>, got {args.opt}")
     if args.stop_epochs is not None and not (1 <= args.stop_epochs <= args.epochs):
         _fail(parser, f"--stop-epochs must lie in [1, --epochs={args.epochs}], got {args.stop_epochs}")
+    _optimizer_defaults(args)
     if not args.fastclip:
         return
     apply_preset(args)

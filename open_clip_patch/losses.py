@@ -1,0 +1,444 @@
+"""FCCO losses for FastCLIP: GCL (v0, v1, SogCLR), RGCL (v2, iSogCLR), RGCL-g (v3).
+
+The math is in /work/shared/docs/fastclip.md (§1 objectives, §2 estimator, §3 temperatures, §5
+distributed step). Notation: gᵢ = mean over j≠i of exp(dᵢⱼ/τ), dᵢⱼ the similarity of anchor i to
+negative j minus that to its positive; one g (and one u) per anchor for the image side and one for
+the text side. The batch is the global batch B of N = K·b pairs.
+
+Surrogate (its autograd gradient is the FCCO estimator; u never carries gradient):
+    GCL     v0 v1 sogclr   mean_i gᵢ/(ε+uᵢ)                    gradient of mean log(ε+g)
+    RGCL    v2 isogclr     mean_i τᵢ·gᵢ(τᵢ)/(ε+uᵢ)              gradient of mean τᵢ(log(ε+gᵢ)+ρ)
+    RGCL-g  v3             mean_i τ̄·gᵢ/(ε+uᵢ) + τ·(mean log(ε+u) + 2ρ)   (τ̄: τ detached)
+summed over the image and text sides. v0/v3 read τ = 1/logit_scale; v1/sogclr use it frozen;
+v2/isogclr keep τᵢ per sample and update it inside the loss (clipped per-sample Adam for v2, the
+LibAUC moving-average step for iSogCLR).
+
+Distributed split (fastclip.md §5). Rank r holds b local pairs and the gathered (no-grad)
+features of all N. Its surrogate is (1/b)·[anchor part + negative part]:
+    anchor part    Σ over local anchors i of the term above, negatives taken from the gathered
+                   features: gradient through the anchor and its positive;
+    negative part  Σ over all N anchors of the same term restricted to the local negatives, with
+                   the anchors' features and u/τ as constants: gradient through the negatives.
+Every (anchor, negative) pair lives in exactly one rank's anchor part and one rank's negative
+part, so the per-rank gradients average (DDP / Horovod allreduce) to the single-process gradient.
+A learnable global τ is live only in the anchor part (tau_grad="exact"); tau_grad="reference"
+leaves it live in the negative part too, which is how the reference implementation counts the
+τ·∂g/(ε+u) term twice (fastclip.md §3).
+
+Numerics. u is stored as log u and updated as log((1-γ)u + γg) with logaddexp, and g is computed
+by logsumexp, so no exp can overflow at small τ: every weight exp(dᵢⱼ/τ − log(ε+uᵢ)) is at most
+(N-1)/γ. This replaces the reference's running-max shifts bᵢ (log u = log u_shifted + b).
+Features arriving in bf16/fp16 are cast to float32 and the loss runs with autocast disabled.
+
+The returned tensor has the surrogate's gradient and the value of the objective estimate on the
+rank's local anchors (GCL: mean log(ε+u₁)+log(ε+u₂); RGCL and RGCL-g: the objectives above with
+g→u), so logged losses are meaningful while backward stays exact.
+"""
+import math
+from dataclasses import dataclass, field, replace
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from .comm import LocalComm
+from .state import PerSampleState, column_names
+
+SIDES = ("image", "text")
+# [ref-code] entries of u below this, inf or nan are reset to the fresh g when γ < 1.
+LOG_U_RESET_BELOW = math.log(1e-35)
+# fastclip.md §3: the per-sample τ gradient is clipped to [-5, 5] (v2 and LibAUC's iSogCLR).
+TAU_GRAD_CLIP = 5.0
+# LibAUC's iSogCLR moving average of the τ gradient: weight of the newest gradient.
+ISOGCLR_NEW_GRAD_WEIGHT = 0.9
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    objective: str              # "GCL" | "RGCL" | "RGCL-g"
+    temperature: str            # "global-learnable" | "global-constant" | "individual"
+    rho: float = 0.0            # used by RGCL and RGCL-g only
+    tau_update: str = "none"    # individual τ: "adam" (FastCLIP-v2) | "moving-average" (iSogCLR)
+    lr_tau: float = 0.0         # individual τ only; a global τ's lr lives in the optimizer
+    initial_tau: float = 0.07   # individual τ only; a global τ comes from logit_scale
+    tau_min: float = 0.01
+    tau_max: float = 1.0
+
+
+VERSIONS: Dict[str, VersionSpec] = {
+    "v0": VersionSpec("GCL", "global-learnable"),
+    "v1": VersionSpec("GCL", "global-constant"),
+    "sogclr": VersionSpec("GCL", "global-constant"),
+    "v2": VersionSpec("RGCL", "individual", rho=7.0, tau_update="adam", lr_tau=0.0133,
+                      initial_tau=0.03),
+    "isogclr": VersionSpec("RGCL", "individual", rho=6.0, tau_update="moving-average",
+                           lr_tau=0.01, initial_tau=0.01, tau_min=0.005, tau_max=0.05),
+    "v3": VersionSpec("RGCL-g", "global-learnable", rho=6.5),
+}
+TAU_GRAD_MODES = ("exact", "reference")
+
+
+def log_moving_average(log_u_old: torch.Tensor, log_g: torch.Tensor, gamma: float):
+    """log((1-γ)·u_old + γ·g); entries of u_old that are < 1e-35, inf or nan restart from g."""
+    if gamma >= 1.0:
+        return log_g.clone()
+    mixed = torch.logaddexp(log_u_old + math.log1p(-gamma), log_g + math.log(gamma))
+    stale = ~torch.isfinite(log_u_old) | (log_u_old < LOG_U_RESET_BELOW)
+    return torch.where(stale, log_g, mixed)
+
+
+def rgcl_tau_gradient(logits, log_eps_u, rho, positive_mask):
+    """∂/∂τᵢ of τᵢ(log(ε+gᵢ(τᵢ)) + ρ) with g→u where the estimator says so:
+    log(ε+uᵢ) + ρ − mean_{j≠i} exp(zᵢⱼ)·zᵢⱼ/(ε+uᵢ), with zᵢⱼ = dᵢⱼ/τᵢ (−inf on the positive)."""
+    weights = torch.exp(logits - log_eps_u[:, None])
+    weighted = (weights * logits.masked_fill(positive_mask, 0.0)).sum(1)
+    return log_eps_u + rho - weighted / (logits.shape[1] - 1)
+
+
+@dataclass
+class _Batch:
+    image: torch.Tensor         # (b, d) local features, carry the gradient
+    text: torch.Tensor
+    all_image: torch.Tensor     # (N, d) gathered, no gradient
+    all_text: torch.Tensor
+    ids: torch.Tensor           # (b,) int64 on the state device
+    offset: int                 # position of the local block inside the gathered batch
+    positive_mask: torch.Tensor = field(init=False)   # (b, N) True at each local pair
+
+    def __post_init__(self):
+        rows = torch.arange(self.local_size, device=self.image.device)
+        cols = torch.arange(self.global_size, device=self.image.device)
+        self.positive_mask = cols[None, :] == (rows + self.offset)[:, None]
+
+    @property
+    def local_size(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def global_size(self) -> int:
+        return self.all_image.shape[0]
+
+
+@dataclass
+class _Side:
+    """One anchor modality: image anchors (vs texts) or text anchors (vs images)."""
+    name: str
+    anchor_sim: torch.Tensor    # (b, N) local anchors vs all others; grad → local anchors
+    negative_sim: torch.Tensor  # (b, N) local negatives (rows) vs all anchors; grad → negatives
+    logits: Optional[torch.Tensor] = None  # (b, N) dᵢⱼ/τᵢ, −inf on the positive
+    log_g: Optional[torch.Tensor] = None    # (b,) detached
+
+
+class FastCLIPLoss(nn.Module):
+    """FCCO contrastive loss; call as ``loss(image_features, text_features, logit_scale, ids)``.
+
+    Args:
+        version: "v0" | "v1" | "v2" | "v3" | "sogclr" | "isogclr".
+        data_size: size of the sample-id space; ids must lie in [0, data_size).
+        rho, eps: ρ of RGCL/RGCL-g and ε inside log(ε+g). None = the version's default.
+        tau_grad: "exact" (true ∂L/∂τ) or "reference" (the reference code's doubled τ·∂g/(ε+u)
+            term, to reproduce published ρ); only matters for a learnable global τ (v0, v3).
+        gamma: the current γ of u ← (1-γ)u + γg; the trainer sets ``loss.gamma`` each epoch.
+        temperature, lr_tau, tau_betas, tau_eps: per-sample τ (v2, isogclr): initial value,
+            step size (``loss.lr_tau``), Adam betas/eps (v2; betas are 0 in epoch 0).
+        tau_min, tau_max: clamp of the per-sample τ.
+        comm: a communicator (open_clip_patch.comm); default LocalComm (one process).
+        state_device, state_dtype: where and how the per-sample state is stored.
+    """
+
+    def __init__(self, version: str, data_size: int, rho: Optional[float] = None,
+                 eps: float = 1e-14, tau_grad: str = "exact", gamma: float = 1.0,
+                 temperature: Optional[float] = None, lr_tau: Optional[float] = None,
+                 tau_betas=(0.9, 0.999), tau_eps: float = 1e-8,
+                 tau_min: Optional[float] = None, tau_max: Optional[float] = None,
+                 comm=None, state_device="cpu", state_dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if version not in VERSIONS:
+            raise ValueError(f"unknown FCCO version {version!r}; choose from {sorted(VERSIONS)}")
+        if tau_grad not in TAU_GRAD_MODES:
+            raise ValueError(f"tau_grad must be one of {TAU_GRAD_MODES}, got {tau_grad!r}")
+        overrides = {k: v for k, v in dict(rho=rho, lr_tau=lr_tau, initial_tau=temperature,
+                                           tau_min=tau_min, tau_max=tau_max).items()
+                     if v is not None}
+        self.version = version
+        self.spec = replace(VERSIONS[version], **overrides)
+        self._validate_spec(eps, tau_betas, tau_eps)
+        self.eps = float(eps)
+        self.tau_grad = tau_grad
+        self.gamma = gamma
+        self.lr_tau = self.spec.lr_tau
+        self.tau_betas = tuple(float(b) for b in tau_betas)
+        self.tau_eps = float(tau_eps)
+        self.epoch = 0
+        self.comm = comm if comm is not None else LocalComm()
+        self.state = PerSampleState(data_size, self._state_columns(), state_device, state_dtype)
+
+    # ----------------------------------------------------------------- configuration
+    def _validate_spec(self, eps, tau_betas, tau_eps):
+        spec = self.spec
+        if eps < 0 or spec.rho < 0:
+            raise ValueError(f"eps and rho must be >= 0, got eps={eps}, rho={spec.rho}")
+        if self.individual_tau:
+            if not 0 < spec.tau_min <= spec.initial_tau <= spec.tau_max:
+                raise ValueError(f"need 0 < tau_min <= temperature <= tau_max, got "
+                                 f"{spec.tau_min}, {spec.initial_tau}, {spec.tau_max}")
+            if not all(0 <= b < 1 for b in tau_betas) or tau_eps <= 0:
+                raise ValueError(f"bad per-sample Adam settings betas={tau_betas} eps={tau_eps}")
+
+    @property
+    def individual_tau(self) -> bool:
+        return self.spec.temperature == "individual"
+
+    @property
+    def learnable_global_tau(self) -> bool:
+        return self.spec.temperature == "global-learnable"
+
+    @property
+    def gamma(self) -> float:
+        return self._gamma
+
+    @gamma.setter
+    def gamma(self, value: float):
+        if not 0 < value <= 1:
+            raise ValueError(f"gamma must lie in (0, 1], got {value}")
+        self._gamma = float(value)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The per-sample Adam of v2 runs with betas 0 in epoch 0 (fastclip.md §3)."""
+        self.epoch = int(epoch)
+
+    def _state_columns(self) -> Dict[str, float]:
+        columns = {name: -math.inf for name in column_names(["log_u"])}   # u = 0: never seen
+        if self.individual_tau:
+            columns.update({name: self.spec.initial_tau for name in column_names(["tau"])})
+            moments = ["tau_m", "tau_v"] if self.spec.tau_update == "adam" else ["tau_grad_avg"]
+            columns.update({name: 0.0 for name in column_names(moments)})
+        return columns
+
+    def nbytes(self) -> int:
+        return self.state.nbytes()
+
+    def describe(self) -> str:
+        spec = self.spec
+        parts = [f"version={self.version} ({spec.objective}, {spec.temperature} tau)"]
+        if self.learnable_global_tau:
+            meaning = ("true gradient of the objective" if self.tau_grad == "exact" else
+                       "reference code: tau*dg/(eps+u) term counted twice")
+            parts.append(f"tau_grad={self.tau_grad} ({meaning})")
+        if spec.objective != "GCL":
+            parts.append(f"rho={spec.rho}")
+        if self.individual_tau:
+            parts.append(f"tau_update={spec.tau_update} lr_tau={self.lr_tau} "
+                         f"tau_init={spec.initial_tau} tau_range=[{spec.tau_min}, {spec.tau_max}]")
+        parts.append(f"eps={self.eps} gamma={self.gamma} world_size={self.comm.world_size}")
+        parts.append(f"state={self.nbytes() / 2**20:.1f} MiB {self.state.dtype} "
+                     f"on {self.state.device} for data_size={self.state.data_size}")
+        return ", ".join(parts)
+
+    def extra_repr(self) -> str:
+        return self.describe()
+
+    # --------------------------------------------------------------- checkpointing
+    def get_extra_state(self):
+        return {"version": self.version, "state": self.state.state_dict()}
+
+    def set_extra_state(self, extra):
+        self.state.load_state_dict(extra["state"])
+
+    # ---------------------------------------------------------------------- forward
+    def forward(self, image_features, text_features, logit_scale, sample_ids,
+                output_dict: bool = False):
+        # autocast would silently run the similarity matmuls in bf16/fp16 again.
+        with torch.autocast(device_type=image_features.device.type, enabled=False):
+            batch = self._gather_batch(image_features, text_features, sample_ids)
+            global_tau = None if self.individual_tau else self._global_tau(logit_scale, batch)
+            old = self.state.unpack(self.state.read(batch.ids, batch.image.device,
+                                                    batch.image.dtype))
+            sides = self._sides(batch, global_tau, old)
+            new_local, tau_grads = self._update_local_state(batch, sides, old)
+            shared = self._share_state(batch, new_local, old)
+            surrogate = self._surrogate(batch, sides, global_tau, shared)
+            objective = self._objective_estimate(sides, global_tau, old, new_local)
+        loss = surrogate + (objective - surrogate).detach()
+        if not output_dict:
+            return loss
+        return {"contrastive_loss": loss,
+                **self._diagnostics(global_tau, old, new_local, tau_grads)}
+
+    def _gather_batch(self, image_features, text_features, sample_ids) -> _Batch:
+        if image_features.dim() != 2 or image_features.shape != text_features.shape:
+            raise ValueError(f"expected image and text features of the same (b, d) shape, got "
+                             f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
+        ids = self.state.validate_ids(sample_ids)
+        local_size = image_features.shape[0]
+        if ids.numel() != local_size:
+            raise ValueError(f"{ids.numel()} sample ids for a batch of {local_size} pairs")
+        dtype = image_features.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32      # exact upcast; gathering first keeps the traffic small
+        world = self.comm.world_size
+        stacked = torch.cat([image_features.detach(), text_features.detach().to(
+            image_features.dtype)])
+        gathered = self.comm.all_gather_no_grad(stacked).to(dtype)
+        image, text = image_features.to(dtype), text_features.to(dtype)
+        if gathered.shape != (world * 2 * local_size, image.shape[1]):
+            raise ValueError(f"gathered features have shape {tuple(gathered.shape)}; every rank "
+                             f"must pass the same local batch size ({local_size})")
+        per_rank = gathered.view(world, 2, local_size, -1)   # rank, [image, text], sample, dim
+        self._check_finite(per_rank)
+        n = world * local_size
+        return _Batch(image, text, per_rank[:, 0].reshape(n, -1), per_rank[:, 1].reshape(n, -1),
+                      ids, offset=self.comm.rank * local_size)
+
+    @staticmethod
+    def _check_finite(per_rank_features):
+        finite = torch.isfinite(per_rank_features).flatten(2).all(dim=2)   # (ranks, 2)
+        if bool(finite.all()):
+            return
+        bad = [f"{SIDES[m]} features of rank {r}" for r, m in (~finite).nonzero().tolist()]
+        raise ValueError(f"non-finite (NaN/inf) values in {', '.join(bad)}; the FCCO state was "
+                         f"not updated")
+
+    def _global_tau(self, logit_scale, batch: _Batch) -> torch.Tensor:
+        if not isinstance(logit_scale, torch.Tensor):
+            logit_scale = torch.tensor(float(logit_scale))
+        if logit_scale.numel() != 1:
+            raise ValueError(f"logit_scale must hold one value, got shape {logit_scale.shape}")
+        scale = logit_scale.reshape(()).to(device=batch.image.device, dtype=batch.image.dtype)
+        value = float(scale.detach())
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"logit_scale must be finite and positive, got {value}")
+        tau = 1.0 / scale
+        return tau if self.learnable_global_tau else tau.detach()
+
+    def _sides(self, batch: _Batch, global_tau, old) -> Dict[str, _Side]:
+        image_vs_all_text = batch.image @ batch.all_text.T   # (b, N), gradient → local images
+        text_vs_all_image = batch.text @ batch.all_image.T   # (b, N), gradient → local texts
+        positives = (batch.image * batch.text).sum(1, keepdim=True)   # live in both
+        mask = batch.positive_mask
+        n_negatives = batch.global_size - 1
+        sides = {}
+        for name, anchor_sim, negative_sim in (("image", image_vs_all_text, text_vs_all_image),
+                                               ("text", text_vs_all_image, image_vs_all_text)):
+            tau = old[f"tau_{name}"][:, None] if self.individual_tau else global_tau
+            logits = ((anchor_sim - positives) / tau).masked_fill(mask, -math.inf)
+            log_g = torch.logsumexp(logits.detach(), dim=1) - math.log(n_negatives)
+            sides[name] = _Side(name, anchor_sim, negative_sim, logits, log_g)
+        return sides
+
+    # ---------------------------------------------------------------- state updates
+    def _update_local_state(self, batch: _Batch, sides, old):
+        """New state columns for the local ids (u, and τ with its moments for RGCL)."""
+        new = {}
+        tau_grads = {}
+        for name, side in sides.items():
+            log_u = log_moving_average(old[f"log_u_{name}"], side.log_g, self.gamma)
+            new[f"log_u_{name}"] = log_u
+            if self.individual_tau:
+                grad = rgcl_tau_gradient(side.logits.detach(), self._log_eps_plus(log_u),
+                                         self.spec.rho, batch.positive_mask)
+                tau_grads[name] = grad.clamp(-TAU_GRAD_CLIP, TAU_GRAD_CLIP)
+                new.update(self._tau_step(name, tau_grads[name], old))
+        return new, tau_grads
+
+    def _tau_step(self, name: str, grad, old) -> Dict[str, torch.Tensor]:
+        spec, tau = self.spec, old[f"tau_{name}"]
+        if spec.tau_update == "adam":
+            beta1, beta2 = (0.0, 0.0) if self.epoch == 0 else self.tau_betas
+            m = beta1 * old[f"tau_m_{name}"] + (1 - beta1) * grad
+            v = beta2 * old[f"tau_v_{name}"] + (1 - beta2) * grad.square()
+            step = m / (v.sqrt() + self.tau_eps)
+            moments = {f"tau_m_{name}": m, f"tau_v_{name}": v}
+        else:   # LibAUC iSogCLR: plain step along a moving average of the gradient
+            w = ISOGCLR_NEW_GRAD_WEIGHT
+            step = (1 - w) * old[f"tau_grad_avg_{name}"] + w * grad
+            moments = {f"tau_grad_avg_{name}": step}
+        new_tau = (tau - self.lr_tau * step).clamp(spec.tau_min, spec.tau_max)
+        return {f"tau_{name}": new_tau, **moments}
+
+    def _share_state(self, batch: _Batch, new_local, old) -> Dict[str, torch.Tensor]:
+        """One all-gather of ids + new state (+ the τ used this step); write it everywhere."""
+        local_rows = self.state.pack(new_local)
+        packed = [batch.ids.to(device=local_rows.device, dtype=torch.float64)[:, None],
+                  local_rows.to(torch.float64)]
+        if self.individual_tau:   # the negative part needs each anchor's τ before its update
+            packed.append(torch.stack([old[f"tau_{s}"] for s in SIDES], 1).to(torch.float64))
+        gathered = self.comm.all_gather_scalars(torch.cat(packed, dim=1))
+        columns = len(self.state.columns)
+        global_ids = gathered[:, 0].round().long()
+        global_rows = gathered[:, 1:1 + columns]
+        self.state.write(global_ids, global_rows)
+        shared = {k: v.to(batch.image.dtype) for k, v in self.state.unpack(global_rows).items()}
+        if self.individual_tau:
+            used = gathered[:, 1 + columns:].to(batch.image.dtype)
+            shared.update({f"used_tau_{s}": used[:, i] for i, s in enumerate(SIDES)})
+        return shared
+
+    def _log_eps_plus(self, log_u):
+        """log(ε + u) from log u."""
+        if self.eps == 0:
+            return log_u
+        return torch.logaddexp(log_u, torch.full_like(log_u, math.log(self.eps)))
+
+    # -------------------------------------------------------------------- surrogate
+    def _surrogate(self, batch: _Batch, sides, global_tau, shared) -> torch.Tensor:
+        mask = batch.positive_mask
+        n_negatives = batch.global_size - 1
+        local = slice(batch.offset, batch.offset + batch.local_size)
+        all_positives = (batch.all_image * batch.all_text).sum(1)          # (N,), constants
+        total = 0.0
+        for name, side in sides.items():
+            log_eps_u = self._log_eps_plus(shared[f"log_u_{name}"])            # (N,)
+            anchor_coef, negative_coef, negative_tau = self._side_coefficients(
+                name, global_tau, shared)
+            anchor_terms = torch.exp(side.logits - log_eps_u[local, None])
+            anchor_part = (anchor_coef[local] * anchor_terms.sum(1)).sum()
+            # Columns are anchors k of this side, rows the local negatives; all but them is fixed.
+            negative_logits = (side.negative_sim - all_positives[None, :]) / negative_tau
+            negative_terms = torch.exp(negative_logits.masked_fill(mask, -math.inf)
+                                       - log_eps_u[None, :])
+            negative_part = (negative_coef * negative_terms.sum(0)).sum()
+            total = total + (anchor_part + negative_part) / (n_negatives * batch.local_size)
+        if self.spec.objective == "RGCL-g":
+            log_eps_u_local = sum(self._log_eps_plus(shared[f"log_u_{s}"][local]) for s in SIDES)
+            total = total + global_tau * (log_eps_u_local.mean() + 2 * self.spec.rho)
+        return total
+
+    def _side_coefficients(self, name, global_tau, shared):
+        """Per-anchor prefactors (N,) and the τ of the negative part for one side."""
+        n = shared[f"log_u_{name}"].shape[0]
+        if self.individual_tau:
+            tau = shared[f"used_tau_{name}"]
+            return tau, tau, tau[None, :]
+        # exact: a global τ gets its gradient once, from the anchor part only.
+        live_in_negatives = self.learnable_global_tau and self.tau_grad == "reference"
+        negative_tau = global_tau if live_in_negatives else global_tau.detach()
+        coef = (global_tau.detach() if self.spec.objective == "RGCL-g"
+                else torch.ones((), dtype=global_tau.dtype, device=global_tau.device))
+        return coef.expand(n), coef.expand(n), negative_tau
+
+    def _objective_estimate(self, sides, global_tau, old, new_local) -> torch.Tensor:
+        """The objective with g→u on the local anchors (the value the loss reports)."""
+        total = 0.0
+        for name in sides:
+            log_eps_u = self._log_eps_plus(new_local[f"log_u_{name}"])
+            if self.spec.objective == "GCL":
+                total = total + log_eps_u.mean()
+            elif self.spec.objective == "RGCL":
+                total = total + (old[f"tau_{name}"] * (log_eps_u + self.spec.rho)).mean()
+            else:
+                total = total + global_tau * (log_eps_u.mean() + self.spec.rho)
+        return total.detach()
+
+    def _diagnostics(self, global_tau, old, new_local, tau_grads) -> Dict[str, torch.Tensor]:
+        log_u = torch.cat([new_local[f"log_u_{s}"] for s in SIDES])
+        out = {"fcco_log_u_mean": log_u.mean().detach(),
+               "fcco_gamma": torch.tensor(self.gamma, device=log_u.device)}
+        if self.individual_tau:
+            taus = torch.cat([old[f"tau_{s}"] for s in SIDES]).detach()
+            grads = torch.cat([tau_grads[s] for s in SIDES]).detach()
+            out.update(fcco_tau_mean=taus.mean(), fcco_tau_min=taus.min(),
+                       fcco_tau_max=taus.max(), fcco_tau_grad_mean=grads.mean())
+        else:
+            out["fcco_tau"] = global_tau.detach()
+        return out

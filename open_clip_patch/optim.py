@@ -1,0 +1,84 @@
+"""Optimizers the paper compares (AdamW, LAMB, Lion, SGD with momentum), all from timm.optim.
+
+Parameter groups follow OpenCLIP: no weight decay on gains, biases and 1-D parameters. A
+learnable global temperature (the logit scale) gets a group of its own (weight decay 0,
+``--lr-tau``) so that its learning rate can follow its own schedule.
+"""
+import logging
+from dataclasses import dataclass
+
+from timm.optim import create_optimizer_v2
+
+TEMPERATURE_GROUP = "logit_scale"
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    timm_name: str
+    uses_betas: bool
+    uses_eps: bool
+    uses_momentum: bool
+
+
+# Our --opt names -> timm's registry names (timm's "momentum" is SGD with plain momentum).
+OPTIMIZERS = {
+    "adamw": OptimizerSpec("adamw", uses_betas=True, uses_eps=True, uses_momentum=False),
+    "lamb": OptimizerSpec("lamb", uses_betas=True, uses_eps=True, uses_momentum=False),
+    "lion": OptimizerSpec("lion", uses_betas=True, uses_eps=False, uses_momentum=False),
+    "sgdm": OptimizerSpec("momentum", uses_betas=False, uses_eps=False, uses_momentum=True),
+}
+
+
+def _no_weight_decay(name, param):
+    # OpenCLIP's rule (open_clip_train/main.py): gains, biases, norms and the logit scale.
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
+def parameter_groups(model, weight_decay, lr_tau=None):
+    """OpenCLIP's two groups; with ``lr_tau`` the logit scale moves to a third group."""
+    decay, no_decay, temperature = [], [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if lr_tau is not None and name.endswith("logit_scale"):
+            temperature.append(param)
+        elif _no_weight_decay(name, param):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+    if temperature:
+        groups.append({"params": temperature, "weight_decay": 0.0, "lr": lr_tau,
+                       "group_name": TEMPERATURE_GROUP})
+    return groups
+
+
+def optimizer_kwargs(spec, args):
+    kwargs = {}
+    if spec.uses_betas:
+        kwargs["betas"] = (args.beta1, args.beta2)
+    if spec.uses_eps:
+        kwargs["eps"] = args.eps
+    if spec.uses_momentum:
+        kwargs["momentum"] = args.momentum
+    return kwargs
+
+
+def create_optimizer(args, model, lr_tau=None):
+    """The ``--opt`` optimizer over OpenCLIP's parameter groups (+ the temperature group)."""
+    spec = OPTIMIZERS[args.opt]
+    groups = parameter_groups(model, args.wd, lr_tau)
+    optimizer = create_optimizer_v2(groups, opt=spec.timm_name, lr=args.lr, weight_decay=args.wd,
+                                    **optimizer_kwargs(spec, args))
+    logging.info("FastCLIP optimizer %s (timm '%s') with %d parameter groups%s", args.opt,
+                 spec.timm_name, len(optimizer.param_groups),
+                 f", temperature lr {lr_tau}" if lr_tau is not None else "")
+    return optimizer
+
+
+def temperature_group(optimizer):
+    """The logit-scale parameter group, or None when the temperature is not learned globally."""
+    for group in optimizer.param_groups:
+        if group.get("group_name") == TEMPERATURE_GROUP:
+            return group
+    return None
