@@ -8,7 +8,7 @@ from functools import partial
 
 import open_clip
 
-from . import indexing, optim, params, temperature
+from . import checkpoint, indexing, optim, params, temperature
 from .schedules import GammaSchedule
 
 
@@ -61,6 +61,43 @@ def create_loss(args):
                                         args.gamma_decay_epochs, per_step=args.gamma_per_step)
     logging.info("FastCLIP loss: %s; %s", loss.describe(), loss.gamma_schedule)
     return loss
+
+
+def on_resume(args, checkpoint_dict):
+    """Keep the checkpoint's FastCLIP entry until the loss exists (it is built after the data)."""
+    if _fastclip(args):
+        args.fastclip_resume_entry = checkpoint_dict.get(checkpoint.CHECKPOINT_KEY)
+        args.fastclip_resume_pending = True
+
+
+def restore_state(args, loss, scheduler):
+    """Load the FastCLIP state of a resumed checkpoint into the loss, τ schedule and RNGs."""
+    if not (_fastclip(args) and getattr(args, "fastclip_resume_pending", False)):
+        return
+    entry = args.fastclip_resume_entry
+    args.fastclip_resume_entry, args.fastclip_resume_pending = None, False
+    if not checkpoint.check_entry(args, entry, args.resume):
+        return
+    loss.load_state_dict(entry["loss"])
+    if "scheduler" in entry and hasattr(scheduler, "load_state_dict"):
+        scheduler.load_state_dict(entry["scheduler"])
+    checkpoint.set_rng_state(entry["rng"])
+    logging.info(f"FastCLIP state restored from {args.resume}")
+
+
+def checkpoint_extras(args, loss, scheduler):
+    if not _fastclip(args):
+        return {}
+    return {checkpoint.CHECKPOINT_KEY: checkpoint.fastclip_entry(args, loss, scheduler)}
+
+
+def save_checkpoint(checkpoint_dict, path):
+    checkpoint.save_atomically(checkpoint_dict, path)
+
+
+def end_epoch(args):
+    """The epoch this job stops after: --stop-epochs for chained jobs, else --epochs."""
+    return min(args.epochs, args.stop_epochs or args.epochs)
 
 
 # ---- data.py ------------------------------------------------------------------------------

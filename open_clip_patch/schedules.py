@@ -2,92 +2,140 @@
 
 γ (fastclip.md §4): the first epoch always uses γ = 1 (u starts at 0, so u = g); afterwards
 "constant" uses γ_min and "cosine" decays ½(1 + cos(π·E_cur/E))·(1 − γ_min) + γ_min over E
-epochs, then stays at γ_min. The paper steps γ once per epoch (integer progress); stepping per
-step passes the fractional epoch instead.
+epochs, then stays at γ_min. The paper steps γ once per epoch; ``per_step=True`` uses the
+fractional epoch instead.
 
-τ learning rate (v0, v3: the logit-scale param group): "cosine", "const", "const-cooldown" are
-OpenCLIP's own schedulers; "step-thresh" keeps lr_tau constant after warm-up and multiplies it by
-1/3 once τ ≤ 0.03 (fastclip.md §3).
+τ learning rate (v0, v3: the logit-scale param group): "cosine", "const", "const-cooldown" reuse
+OpenCLIP's schedulers restricted to that one group; "step-thresh" keeps lr_tau constant (after
+warm-up) and multiplies it by 1/3 once τ ≤ 0.03 (fastclip.md §3). OpenCLIP's main scheduler sets
+the lr of *every* group, so call the τ schedule after it in each step.
 """
 import math
 
 from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
 
-GAMMA_SCHEDULES = ("constant", "cosine")
 TAU_LR_SCHEDULES = ("cosine", "const", "const-cooldown", "step-thresh")
 
 
-def gamma_at(progress: float, kind: str, gamma_min: float, decay_epochs: int) -> float:
-    """γ at ``progress`` epochs into training (0-based; fractional when stepped per step)."""
-    if kind not in GAMMA_SCHEDULES:
-        raise ValueError(f"gamma schedule must be one of {GAMMA_SCHEDULES}, got {kind!r}")
-    if not 0 < gamma_min <= 1:
-        raise ValueError(f"gamma_min must lie in (0, 1], got {gamma_min}")
-    if progress < 1:
-        return 1.0
-    if kind == "constant":
-        return float(gamma_min)
-    if decay_epochs is None or decay_epochs < 1:
-        raise ValueError(f"the cosine gamma schedule needs decay_epochs >= 1, got {decay_epochs}")
-    if progress >= decay_epochs:
-        return float(gamma_min)
-    cosine = 0.5 * (1 + math.cos(math.pi * progress / decay_epochs))
-    return cosine * (1 - gamma_min) + gamma_min
+class GammaSchedule:
+    KINDS = ("constant", "cosine")
 
+    def __init__(self, kind: str = "cosine", gamma_min: float = 0.2, decay_epochs: int = None,
+                 per_step: bool = False):
+        if kind not in self.KINDS:
+            raise ValueError(f"gamma schedule must be one of {self.KINDS}, got {kind!r}")
+        if not 0 < gamma_min <= 1:
+            raise ValueError(f"gamma_min must lie in (0, 1], got {gamma_min}")
+        if kind == "cosine" and (decay_epochs is None or decay_epochs < 1):
+            raise ValueError(f"the cosine gamma schedule needs decay_epochs >= 1, "
+                             f"got {decay_epochs}")
+        self.kind, self.gamma_min = kind, float(gamma_min)
+        self.decay_epochs, self.per_step = decay_epochs, per_step
 
-class _LrSink:
-    """OpenCLIP's schedulers write the lr into every group of an optimizer; give them one
-    private group, so the τ schedule only computes its value (the caller assigns it)."""
-
-    def __init__(self):
-        self.param_groups = [{"lr": None}]
-
-
-class TauLrSchedule:
-    """lr of the logit-scale group at ``step``: ``schedule(step) -> lr``.
-
-    ``tau`` is a callable returning the current global τ (read by "step-thresh" only).
-    "step-thresh" with ``sticky=True`` keeps the lower lr once τ has reached ``threshold`` (saved
-    in state_dict); ``sticky=False`` re-checks τ every step, as the reference code does.
-    """
-
-    def __init__(self, kind, base_lr, warmup, total_steps, tau=None, cooldown_steps=0,
-                 cooldown_power=1.0, cooldown_end=0.0, threshold=0.03, factor=1 / 3,
-                 sticky=True):
-        if kind not in TAU_LR_SCHEDULES:
-            raise ValueError(f"tau lr schedule must be one of {TAU_LR_SCHEDULES}, got {kind!r}")
-        self.kind, self.base_lr, self.warmup = kind, base_lr, warmup
-        self.tau, self.threshold, self.factor, self.sticky = tau, threshold, factor, sticky
-        self.dropped = False
-        sink = _LrSink()
-        if kind == "cosine":
-            self._openclip = cosine_lr(sink, base_lr, warmup, total_steps)
-        elif kind == "const":
-            self._openclip = const_lr(sink, base_lr, warmup, total_steps)
-        elif kind == "const-cooldown":
-            if not 0 < cooldown_steps <= total_steps:
-                raise ValueError(f"const-cooldown needs 0 < cooldown_steps <= total_steps, got "
-                                 f"{cooldown_steps} of {total_steps}")
-            self._openclip = const_lr_cooldown(sink, base_lr, warmup, total_steps,
-                                               cooldown_steps, cooldown_power, cooldown_end)
-        elif tau is None:
-            raise ValueError("step-thresh needs tau, a callable returning the current τ")
-
-    def __call__(self, step: int) -> float:
-        if self.kind != "step-thresh":
-            return self._openclip(step)
-        if step < self.warmup:
-            return self.base_lr * (step + 1) / self.warmup
-        below = float(self.tau()) <= self.threshold
-        self.dropped = (self.dropped and self.sticky) or below
-        return self.base_lr * (self.factor if self.dropped else 1.0)
+    def __call__(self, epoch: int, fraction: float = 0.0) -> float:
+        """γ for ``epoch`` (0-based) with ``fraction`` ∈ [0, 1) of it done (used if per_step)."""
+        if not 0 <= fraction < 1:
+            raise ValueError(f"fraction of the epoch must lie in [0, 1), got {fraction}")
+        if epoch == 0:
+            return 1.0
+        if self.kind == "constant":
+            return self.gamma_min
+        progress = epoch + (fraction if self.per_step else 0.0)
+        if progress >= self.decay_epochs:
+            return self.gamma_min
+        cosine = 0.5 * (1 + math.cos(math.pi * progress / self.decay_epochs))
+        return cosine * (1 - self.gamma_min) + self.gamma_min
 
     def state_dict(self):
-        return {"dropped": self.dropped} if self.kind == "step-thresh" else {}
+        return {}       # a pure function of the epoch: nothing to save
 
     def load_state_dict(self, state):
-        if self.kind == "step-thresh":
-            self.dropped = bool(state["dropped"])
+        pass
 
     def __repr__(self):
-        return f"TauLrSchedule({self.kind}, base_lr={self.base_lr}, warmup={self.warmup})"
+        return (f"GammaSchedule({self.kind}, gamma_min={self.gamma_min}, "
+                f"decay_epochs={self.decay_epochs}, per_step={self.per_step})")
+
+
+class _OneGroup:
+    """OpenCLIP's schedulers assign the lr to every group of an optimizer; expose just one."""
+
+    def __init__(self, param_group):
+        self.param_groups = [param_group]
+
+
+class OpenCLIPTauLR:
+    """"cosine" | "const" | "const-cooldown" on the τ param group (OpenCLIP's functions)."""
+
+    def __init__(self, kind, param_group, base_lr, warmup_length, steps, cooldown_steps=0,
+                 cooldown_power=1.0, cooldown_end_lr=0.0):
+        group = _OneGroup(param_group)
+        if kind == "cosine":
+            self._adjust = cosine_lr(group, base_lr, warmup_length, steps)
+        elif kind == "const":
+            self._adjust = const_lr(group, base_lr, warmup_length, steps)
+        elif kind == "const-cooldown":
+            if not 0 < cooldown_steps <= steps:
+                raise ValueError(f"const-cooldown needs 0 < cooldown_steps <= steps, "
+                                 f"got {cooldown_steps} of {steps}")
+            self._adjust = const_lr_cooldown(group, base_lr, warmup_length, steps,
+                                             cooldown_steps, cooldown_power, cooldown_end_lr)
+        else:
+            raise ValueError(f"unknown tau lr schedule {kind!r}")
+        self.kind = kind
+
+    def __call__(self, step: int, tau=None) -> float:
+        return self._adjust(step)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+    def __repr__(self):
+        return f"OpenCLIPTauLR({self.kind})"
+
+
+class StepThreshTauLR:
+    """lr_tau constant after warm-up; × ``factor`` once τ ≤ ``threshold``.
+
+    ``sticky=True`` keeps the lower lr after the first time τ reaches the threshold (and saves
+    that in state_dict); ``sticky=False`` re-checks τ every step, as the reference code does.
+    """
+
+    def __init__(self, param_group, base_lr, warmup_length=0, threshold=0.03, factor=1 / 3,
+                 sticky=True):
+        self.param_group, self.base_lr, self.warmup_length = param_group, base_lr, warmup_length
+        self.threshold, self.factor, self.sticky = threshold, factor, sticky
+        self.dropped = False
+
+    def __call__(self, step: int, tau) -> float:
+        if step < self.warmup_length:
+            lr = self.base_lr * (step + 1) / self.warmup_length
+        else:
+            below = float(tau) <= self.threshold
+            self.dropped = (self.dropped and self.sticky) or below
+            lr = self.base_lr * (self.factor if self.dropped else 1.0)
+        self.param_group["lr"] = lr
+        return lr
+
+    def state_dict(self):
+        return {"dropped": self.dropped}
+
+    def load_state_dict(self, state):
+        self.dropped = bool(state["dropped"])
+
+    def __repr__(self):
+        return (f"StepThreshTauLR(threshold={self.threshold}, factor={self.factor}, "
+                f"sticky={self.sticky}, dropped={self.dropped})")
+
+
+def make_tau_lr_schedule(kind, param_group, base_lr, warmup_length, steps, **options):
+    """The τ-group schedule ``kind``; call it as ``schedule(step, tau=current_tau)`` each step
+    (after OpenCLIP's scheduler). It writes ``param_group["lr"]`` and returns the value."""
+    if kind == "step-thresh":
+        return StepThreshTauLR(param_group, base_lr, warmup_length, **options)
+    if kind in TAU_LR_SCHEDULES:
+        return OpenCLIPTauLR(kind, param_group, base_lr, warmup_length, steps, **options)
+    raise ValueError(f"tau lr schedule must be one of {TAU_LR_SCHEDULES}, got {kind!r}")

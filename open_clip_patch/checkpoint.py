@@ -1,0 +1,82 @@
+"""FastCLIP state in OpenCLIP checkpoints: one key, checked on resume, written atomically.
+
+Everything FastCLIP adds to a checkpoint lives under ``checkpoint["fastclip"]`` and comes from
+the overlay objects' ``state_dict()``: the loss (per-sample u, τ, shifts, moments), the τ
+learning-rate schedule, and the RNG streams (so a resumed run draws the same data order and
+augmentations as an uninterrupted one). The γ schedule is a pure function of the epoch.
+"""
+import logging
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+CHECKPOINT_KEY = "fastclip"
+FORMAT_VERSION = 1
+
+
+class CheckpointMismatch(RuntimeError):
+    """A checkpoint that cannot continue this run's FastCLIP state."""
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def fastclip_entry(args, loss, scheduler):
+    """What a FastCLIP run adds to its checkpoint (references to the live state, no copies)."""
+    entry = {"format": FORMAT_VERSION, "version": args.fastclip_version,
+             "data_size": args.data_size, "loss": loss.state_dict(), "rng": rng_state()}
+    if hasattr(scheduler, "state_dict"):
+        entry["scheduler"] = scheduler.state_dict()
+    return entry
+
+
+def check_entry(args, entry, source):
+    """Refuse a checkpoint whose FastCLIP state does not belong to this run."""
+    if entry is None:
+        if args.fcco_state_fresh:
+            logging.warning("!" * 20 + f" {source} has no FastCLIP state: --fcco-state-fresh given, "
+                            "so u (and per-sample τ) restart from zero " + "!" * 20)
+            return False
+        raise CheckpointMismatch(
+            f"{source} has no FastCLIP state (key '{CHECKPOINT_KEY}'), so this FastCLIP run "
+            f"cannot continue it; pass --fcco-state-fresh to start the FCCO state from zero")
+    if entry["version"] != args.fastclip_version:
+        raise CheckpointMismatch(
+            f"{source} was written by FastCLIP {entry['version']}, this run is "
+            f"--fastclip-version {args.fastclip_version}")
+    if args.data_size is not None and entry["data_size"] != args.data_size:
+        raise CheckpointMismatch(
+            f"{source} holds FCCO state for --data-size {entry['data_size']}, this run has "
+            f"--data-size {args.data_size}")
+    return True
+
+
+def save_atomically(obj, path):
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
+    folder, name = os.path.split(os.path.abspath(path))
+    handle, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(obj, stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        os.unlink(tmp_path)
+        raise
+    directory = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # make the rename itself durable
+    finally:
+        os.close(directory)
