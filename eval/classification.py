@@ -28,6 +28,12 @@ def open_wds_classification(root, transform, with_metadata=False):
     """
     if not is_wds_set(root):
         raise FileNotFoundError(f"not a clip_benchmark wds set (no test/nshards.txt): {root}")
+    type_file = os.path.join(root, "dataset_type.txt")
+    if os.path.isfile(type_file):
+        kind = open(type_file).read().strip().lower()
+        if kind != "classification":
+            raise ValueError(f"{root}: dataset_type.txt says {kind!r}, expected a "
+                             "single-label classification set")
     ds = build_dataset(f"wds/{os.path.basename(os.path.normpath(root))}", root=str(root),
                        transform=transform, split="test", download=False,
                        task="zeroshot_classification")

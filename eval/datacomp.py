@@ -8,10 +8,16 @@ tasks that ran and the summary says PARTIAL. Writes ``datacomp_results.jsonl`` (
 and ``datacomp_summary.json`` (38-task average and group averages) into ``--output-dir``.
 
     python -m eval.datacomp --checkpoint logs/x/checkpoints/epoch_3.pt --data-dir data/datacomp
-    python -m eval.datacomp --checkpoint ... --data-dir ... --tasks imagenet1k cifar10 --allow-missing
-    python -m eval.datacomp --from-results logs/x/eval/epoch_3/datacomp_results.jsonl  # re-aggregate
+    python -m eval.datacomp --checkpoint ... --data-dir ... --allow-missing   # what is there
+    python -m eval.datacomp --checkpoint ... --data-dir ... --tasks imagenet1k cifar10
+    python -m eval.datacomp --from-results logs/x/eval/epoch_3/datacomp_results.jsonl
+
+``--tasks`` runs a subset (its average is flagged partial); ``--from-results`` only re-aggregates.
+
+Results are saved after each task; rerunning the same command resumes (``--fresh`` reruns all).
 """
 import argparse
+import json
 import os
 import time
 from pathlib import Path
@@ -20,7 +26,7 @@ from eval.classification import evaluate_wds_classification
 from eval.model import add_model_args, default_output_dir, model_from_args
 from eval.results import format_summary, mean_headline, read_records, task_record, write_results
 from eval.retrieval import evaluate_retrieval, open_retrieval_set
-from eval.tasks import DATACOMP_TASKS, GROUPS, TASKS_BY_KEY, select_tasks
+from eval.tasks import GROUPS, TASKS_BY_KEY, select_tasks
 from eval.winogavil import evaluate_winogavil
 from eval.wds_sets import is_wds_set
 
@@ -29,9 +35,17 @@ class MissingTasksError(RuntimeError):
     """Raised when tasks of the suite have no data or no result and --allow-missing is off."""
 
 
-def missing_task_dirs(tasks, data_dir):
-    """Tasks whose wds directory is absent under data_dir."""
-    return [task for task in tasks if not is_wds_set(os.path.join(data_dir, task.dirname))]
+def missing_task_dirs(tasks, data_dir, allow_missing=False):
+    """Tasks whose wds directory is absent under data_dir; an error unless allow_missing."""
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data-dir {data_dir}: no such directory")
+    absent = [task for task in tasks if not is_wds_set(os.path.join(data_dir, task.dirname))]
+    if absent and not allow_missing:
+        raise MissingTasksError(
+            f"{len(absent)} task dataset(s) missing under {data_dir}: "
+            + ", ".join(task.dirname for task in absent)
+            + " (pass --allow-missing to evaluate the rest)")
+    return absent
 
 
 def run_task(evm, task, data_dir, batch_size=64, workers=0):
@@ -73,26 +87,60 @@ def aggregate(records, expected_keys=None, allow_missing=False, info=None):
 
 
 def evaluate_suite(evm, data_dir, tasks, batch_size=64, workers=0, allow_missing=False,
-                   log=print):
-    """Run the tasks whose data is present; returns the per-task records."""
-    absent = missing_task_dirs(tasks, data_dir)
-    if absent and not allow_missing:
-        raise MissingTasksError(
-            f"{len(absent)} task dataset(s) missing under {data_dir}: "
-            + ", ".join(task.dirname for task in absent)
-            + " (pass --allow-missing to evaluate the rest)")
-    records = []
+                   log=print, done=None, on_record=None):
+    """Run the tasks whose data is present; returns the per-task records in task order.
+
+    done: {key: record} of tasks already evaluated for this checkpoint (reused, not rerun);
+    on_record(record) is called after each newly evaluated task (to save progress).
+    """
+    absent = missing_task_dirs(tasks, data_dir, allow_missing)
+    done, records = done or {}, []
     for task in tasks:
         if task in absent:
             log(f"[skip] {task.name}: no {task.dirname}")
             continue
+        if task.key in done:
+            records.append(done[task.key])
+            log(f"[cached] {task.name}: {task.main_metric} = {done[task.key]['main_metric']}")
+            continue
         start = time.time()
         metrics = run_task(evm, task, data_dir, batch_size, workers)
         records.append(task_record(task.key, task.name, metrics, task.main_metric, evm.info))
+        if on_record:
+            on_record(records[-1])
         value = records[-1]["main_metric"]
         shown = "None" if value is None else f"{value:.4f}"
         log(f"[done] {task.name}: {task.main_metric} = {shown} ({time.time() - start:.0f} s)")
     return records
+
+
+def cached_records(results_path, checkpoint):
+    """Records of an earlier, interrupted run on the same checkpoint ({} if none)."""
+    if not Path(results_path).is_file():
+        return {}
+    same = os.path.realpath(checkpoint)
+    return {r["key"]: r for r in read_records(results_path)
+            if os.path.realpath(r["info"].get("checkpoint", "")) == same
+            and r.get("main_metric") is not None}
+
+
+def run_checkpoint(args, tasks, output_dir):
+    """Evaluate args.checkpoint, resuming from output_dir's results unless --fresh."""
+    missing_task_dirs(tasks, args.data_dir, args.allow_missing)  # fail before loading
+    evm = model_from_args(args)
+    results_path = Path(output_dir) / "datacomp_results.jsonl"
+    done = {} if args.fresh else cached_records(results_path, args.checkpoint)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(results_path, "w") as f:  # rewrite the reusable part, then append progress
+        f.writelines(json.dumps(r) + "\n" for r in done.values())
+
+    def save(record):
+        with open(results_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    records = evaluate_suite(evm, args.data_dir, tasks, args.batch_size, args.workers,
+                             args.allow_missing, done=done, on_record=save)
+    return records, evm.info
 
 
 def parse_args(argv):
@@ -105,6 +153,9 @@ def parse_args(argv):
                         help="average over the tasks that ran instead of failing")
     parser.add_argument("--from-results", default=None,
                         help="only re-aggregate an existing datacomp_results.jsonl")
+    parser.add_argument("--fresh", action="store_true",
+                        help="rerun every task (default: reuse results of this checkpoint "
+                             "found in the output dir, e.g. after an interruption)")
     add_model_args(parser, checkpoint_required=False)
     args = parser.parse_args(argv)
     if not args.from_results and not (args.data_dir and args.checkpoint):
@@ -122,11 +173,9 @@ def main(argv=None):
         summary = aggregate(records, keys, args.allow_missing, info)
         output_dir = args.output_dir or Path(args.from_results).parent
     else:
-        evm = model_from_args(args)
-        records = evaluate_suite(evm, args.data_dir, tasks, args.batch_size, args.workers,
-                                 args.allow_missing)
-        summary = aggregate(records, keys, args.allow_missing, evm.info)
         output_dir = args.output_dir or default_output_dir(args.checkpoint)
+        records, info = run_checkpoint(args, tasks, output_dir)
+        summary = aggregate(records, keys, args.allow_missing, info)
     path = write_results(output_dir, "datacomp", records, summary)
     print("\n".join(format_summary(summary)))
     print(f"wrote {path}")

@@ -27,7 +27,7 @@ class EvalModel:
 
 
 def read_params(run_dir):
-    """Parse OpenCLIP's ``params.txt`` ("key: value" lines) into a dict of strings ({} if absent)."""
+    """OpenCLIP's ``params.txt`` ("key: value" lines) as a dict of strings ({} if absent)."""
     path = Path(run_dir) / "params.txt"
     if not path.is_file():
         return {}
@@ -76,7 +76,7 @@ def load_model(checkpoint, model_name=None, device="cpu", amp=False, samples_per
 
 
 def default_output_dir(checkpoint):
-    """<run dir>/eval/<checkpoint stem>, e.g. logs/x/eval/epoch_3 for logs/x/checkpoints/epoch_3.pt."""
+    """<run dir>/eval/<checkpoint stem>: logs/x/checkpoints/epoch_3.pt -> logs/x/eval/epoch_3."""
     checkpoint = Path(checkpoint).resolve()
     return checkpoint.parent.parent / "eval" / checkpoint.stem
 
@@ -93,7 +93,8 @@ def add_model_args(parser, checkpoint_required=True):
     group.add_argument("--batch-size", type=int, default=64)
     group.add_argument("--workers", type=int, default=4, help="DataLoader workers")
     group.add_argument("--samples-per-epoch", type=int, default=None,
-                       help="for samples-seen in reports (default: train_num_samples in params.txt)")
+                       help="for samples seen in reports "
+                            "(default: train_num_samples in params.txt)")
     group.add_argument("--output-dir", default=None,
                        help="where results go (default: <run dir>/eval/<checkpoint stem>)")
     return parser

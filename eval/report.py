@@ -106,6 +106,10 @@ def plot_metric(runs, metric, path):
                   if p[x_key] is not None and metric in p["headline"]]
             if xy:
                 axis.plot(*zip(*xy), marker="o", label=name)
+    partial = {f"{e['n']}/{e['of']}" for ps in runs.values() for p in ps
+               for e in [p["headline"].get(metric)] if e and e["n"] != e["of"]}
+    title = LABELS.get(metric, metric)
+    fig.suptitle(title + (f" — PARTIAL ({', '.join(sorted(partial))} tasks)" if partial else ""))
     for axis, label in zip(axes, ("epoch", "samples seen")):
         axis.set_xlabel(label)
         axis.set_ylabel(LABELS.get(metric, metric) + " (%)")

@@ -1,6 +1,6 @@
 """The DataComp 38-task evaluation suite, recorded as data.
 
-Source of truth: DataComp's ``tasklist.yml`` and ``eval_utils/`` (github.com/mlfoundations/datacomp).
+Source: DataComp's ``tasklist.yml`` and ``eval_utils/`` (github.com/mlfoundations/datacomp).
 Its tasklist has 40 entries; FairFace and UTKFace have no main metric and are left out of the
 average, which leaves the 38 tasks below. A task's main metric defaults to ``acc1``.
 

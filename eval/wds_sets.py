@@ -15,7 +15,7 @@ This is also the layout of DataComp's ``wds_<task>_test`` directories. Use::
     write_retrieval_set("out/captions", images, ["a photo of the digit 3", ...])
     write_winogavil_set("out/wino", cues, candidate_image_lists, association_index_lists)
 
-``images`` are PIL images (or already-encoded PNG/JPEG/WEBP bytes); keys are ``s0000000``,
+``images`` are PIL images (or bytes already encoded in ``image_format``); keys are ``s0000000``,
 ``s0000001``, ... in input order, so sample i of the set is ``images[i]``.
 """
 import io

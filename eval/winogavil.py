@@ -7,7 +7,6 @@ cosine similarity (n = number of true associations) are the prediction, and the 
 instance is the Jaccard index of predicted and true sets. The main metric
 ``jaccard_score_10-12`` averages instances with 10 or 12 candidates.
 """
-import json
 import os
 
 import numpy as np

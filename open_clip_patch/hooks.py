@@ -53,8 +53,9 @@ def create_loss(args):
         tau_grad=args.tau_grad,
         temperature=args.temperature,
         lr_tau=args.lr_tau,
-        tau_betas=(args.beta1, args.beta2),
-        tau_eps=args.eps,
+        # the per-sample τ Adam (v2) borrows the model optimizer's betas/eps where it has them
+        tau_betas=(args.beta1 or 0.9, args.beta2 or 0.999),
+        tau_eps=args.eps or 1e-8,
         comm=default_comm(),
     )
     loss.gamma_schedule = GammaSchedule(args.gamma_schedule, args.gamma_min,
@@ -64,20 +65,21 @@ def create_loss(args):
 
 
 def on_resume(args, checkpoint_dict):
-    """Keep the checkpoint's FastCLIP entry until the loss exists (it is built after the data)."""
-    if _fastclip(args):
-        args.fastclip_resume_entry = checkpoint_dict.get(checkpoint.CHECKPOINT_KEY)
-        args.fastclip_resume_pending = True
+    """Check the checkpoint's FastCLIP entry now (before the optimizer loads a mismatched one)
+    and keep it until the loss exists: the loss is built after the data."""
+    if not _fastclip(args):
+        return
+    entry = checkpoint_dict.get(checkpoint.CHECKPOINT_KEY)
+    args.fastclip_resume_entry = entry if checkpoint.check_entry(args, entry, args.resume) else None
 
 
 def restore_state(args, loss, scheduler):
     """Load the FastCLIP state of a resumed checkpoint into the loss, τ schedule and RNGs."""
-    if not (_fastclip(args) and getattr(args, "fastclip_resume_pending", False)):
+    entry = getattr(args, "fastclip_resume_entry", None)
+    if not _fastclip(args) or entry is None:
         return
-    entry = args.fastclip_resume_entry
-    args.fastclip_resume_entry, args.fastclip_resume_pending = None, False
-    if not checkpoint.check_entry(args, entry, args.resume):
-        return
+    args.fastclip_resume_entry = None
+    checkpoint.check_entry(args, entry, args.resume)  # --data-size is known by now
     loss.load_state_dict(entry["loss"])
     if "scheduler" in entry and hasattr(scheduler, "load_state_dict"):
         scheduler.load_state_dict(entry["scheduler"])
@@ -157,8 +159,7 @@ def before_step(args, loss, epoch, step_in_epoch, steps_per_epoch):
     """Set the loss's epoch and γ for this step (γ per epoch, or per step if configured)."""
     if not _fastclip(args):
         return
-    if step_in_epoch == 0:
-        loss.set_epoch(epoch)
+    loss.set_epoch(epoch)
     loss.gamma = loss.gamma_schedule(epoch, step_in_epoch / steps_per_epoch)
 
 

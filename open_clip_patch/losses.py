@@ -1,6 +1,6 @@
 """FCCO losses for FastCLIP: GCL (v0, v1, SogCLR), RGCL (v2, iSogCLR), RGCL-g (v3).
 
-The math is in /work/shared/docs/fastclip.md (§1 objectives, §2 estimator, §3 temperatures, §5
+The math is in the project's fastclip.md (§1 objectives, §2 estimator, §3 temperatures, §5
 distributed step). Notation: gᵢ = mean over j≠i of exp(dᵢⱼ/τ), dᵢⱼ the similarity of anchor i to
 negative j minus that to its positive; one g (and one u) per anchor for the image side and one for
 the text side. The batch is the global batch B of N = K·b pairs.

@@ -9,18 +9,22 @@
 #   TRAIN_DATA      explicit --train-data (then DATA_SIZE and TRAIN_NUM_SAMPLES are required too)
 #   DATA_SIZE TRAIN_NUM_SAMPLES MODEL EPOCHS GLOBAL_BATCH   override the published values
 #   VERSION         FastCLIP version v0|v1|v2|v3|sogclr|isogclr (default v3)
-#   LAUNCHER        torchrun (default) | srun | horovodrun
+#   LAUNCHER        torchrun (default) | srun | horovodrun | python (one process, no launcher)
 #   NNODES          nodes (default: SLURM's node count, else 1)
 #   GPUS_PER_NODE   processes per node (default: SLURM's tasks per node, else nvidia-smi's count)
 #   MASTER_ADDR MASTER_PORT NODE_RANK   multi-node torchrun; srun derives MASTER_ADDR from SLURM
-#   HOSTS           horovodrun -H list for several nodes, e.g. node1:4,node2:4
+#   HOSTS           horovodrun -H list, e.g. node1:4,node2:4 (default: SLURM's nodes, else localhost)
 #   WORKERS (6)  LOGS (./logs)  NAME  SEED (2024)  PRECISION (amp; fp32 with DEVICE=cpu)  DEVICE
-#   PYTHON (python)  TORCHRUN (torchrun)  SRUN (srun)  HOROVODRUN (horovodrun)
+#   PYTHON TORCHRUN HOROVODRUN   programs (default: the repository's .venv/bin/ ones, so the
+#                   scripts work right after `make patch` without activating; else from PATH)
+#   SRUN (srun)
 #   DRY_RUN=1       print the command (one line, shell-quoted) instead of running it
 # Flags given to the scale script ("$@") are appended last, so they override anything here
 # (argparse keeps the last value), e.g. `bash run_scripts/large.sh --warmup 500`.
 
 set -euo pipefail
+
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 die() {
     echo "run_scripts/${SCALE:-?}: error: $*" >&2
@@ -69,11 +73,14 @@ resolve_data() {
     if [[ -n "${TRAIN_DATA:-}" ]]; then
         # The published id space / sample count describe the published shards only: a different
         # dataset must state its own, or FCCO state would be sized for the wrong dataset.
-        [[ -n "${DATA_SIZE:-}" ]] || die "TRAIN_DATA is set, so DATA_SIZE (the sample-id space, --data-size) must be set too"
-        [[ -n "${TRAIN_NUM_SAMPLES:-}" ]] || die "TRAIN_DATA is set, so TRAIN_NUM_SAMPLES (--train-num-samples) must be set too"
+        [[ -n "${DATA_SIZE:-}" ]] ||
+            die "TRAIN_DATA is set, so DATA_SIZE (the sample-id space, --data-size) must be set too"
+        [[ -n "${TRAIN_NUM_SAMPLES:-}" ]] ||
+            die "TRAIN_DATA is set, so TRAIN_NUM_SAMPLES (--train-num-samples) must be set too"
         TRAIN_DATA_PATH=$TRAIN_DATA
     else
-        [[ -n "${DATA_DIR:-}" ]] || die "DATA_DIR is not set: point it at the folder that holds $DATA_SUBDIR/$SHARDS (img2dataset webdataset shards), or set TRAIN_DATA"
+        [[ -n "${DATA_DIR:-}" ]] || die "DATA_DIR is not set: point it at the folder that holds" \
+            "$DATA_SUBDIR/$SHARDS (img2dataset webdataset shards), or set TRAIN_DATA"
         local dir="${DATA_DIR%/}/$DATA_SUBDIR"
         # Only a real run needs the files; a dry run may describe another machine's layout.
         if [[ "${DRY_RUN:-0}" != 1 && ! -d "$dir" ]]; then
@@ -84,7 +91,8 @@ resolve_data() {
     DATA_SIZE_VALUE=${DATA_SIZE:-$PUB_DATA_SIZE}
     NUM_SAMPLES_VALUE=${TRAIN_NUM_SAMPLES:-$PUB_NUM_SAMPLES}
     is_positive_int "$DATA_SIZE_VALUE" || die "DATA_SIZE must be a positive integer, got '$DATA_SIZE_VALUE'"
-    is_positive_int "$NUM_SAMPLES_VALUE" || die "TRAIN_NUM_SAMPLES must be a positive integer, got '$NUM_SAMPLES_VALUE'"
+    is_positive_int "$NUM_SAMPLES_VALUE" ||
+        die "TRAIN_NUM_SAMPLES must be a positive integer, got '$NUM_SAMPLES_VALUE'"
 }
 
 # --- processes and batch ------------------------------------------------------------------
@@ -97,13 +105,17 @@ slurm_tasks_per_node() {
 resolve_processes() {
     NNODES_VALUE=${NNODES:-${SLURM_JOB_NUM_NODES:-1}}
     GPUS_VALUE=${GPUS_PER_NODE:-}
+    if [[ -z "$GPUS_VALUE" && "${LAUNCHER:-}" == python ]]; then
+        GPUS_VALUE=1
+    fi
     if [[ -z "$GPUS_VALUE" && -n "${SLURM_TASKS_PER_NODE:-}" ]]; then
         GPUS_VALUE=$(slurm_tasks_per_node)
     fi
     if [[ -z "$GPUS_VALUE" ]] && command -v nvidia-smi >/dev/null 2>&1; then
         GPUS_VALUE=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
     fi
-    [[ -n "$GPUS_VALUE" && "$GPUS_VALUE" != 0 ]] || die "GPUS_PER_NODE is not set and no GPU was detected: set GPUS_PER_NODE"
+    [[ -n "$GPUS_VALUE" && "$GPUS_VALUE" != 0 ]] ||
+        die "GPUS_PER_NODE is not set and no GPU was detected: set GPUS_PER_NODE"
     is_positive_int "$NNODES_VALUE" || die "NNODES must be a positive integer, got '$NNODES_VALUE'"
     is_positive_int "$GPUS_VALUE" || die "GPUS_PER_NODE must be a positive integer, got '$GPUS_VALUE'"
     WORLD_SIZE=$((NNODES_VALUE * GPUS_VALUE))
@@ -113,16 +125,30 @@ resolve_processes() {
     local global=${GLOBAL_BATCH:-$PUB_GLOBAL_BATCH}
     is_positive_int "$global" || die "GLOBAL_BATCH must be a positive integer, got '$global'"
     if ((global % WORLD_SIZE != 0)); then
-        die "global batch $global does not divide over NNODES=$NNODES_VALUE x GPUS_PER_NODE=$GPUS_VALUE = $WORLD_SIZE processes"
+        die "global batch $global does not divide over" \
+            "NNODES=$NNODES_VALUE x GPUS_PER_NODE=$GPUS_VALUE = $WORLD_SIZE processes"
     fi
     PER_GPU_BATCH=$((global / WORLD_SIZE))
+}
+
+# The venv `make patch` installed the patched trainer into, if there is one.
+venv_program() {
+    local program="$REPO_ROOT/.venv/bin/$1"
+    if [[ -x "$program" ]]; then echo "$program"; else echo "$1"; fi
 }
 
 # --- launchers ----------------------------------------------------------------------------
 # Each fills LAUNCH (array): the command up to and including the trainer's module, and
 # TRAINER_PREFIX (array): flags the trainer needs because of the launcher.
+launcher_python() {
+    # One process, no launcher: for debugging on one GPU or a CPU.
+    ((WORLD_SIZE == 1)) || die "LAUNCHER=python runs one process, but NNODES x GPUS_PER_NODE = $WORLD_SIZE"
+    LAUNCH=("${PYTHON:-$(venv_program python)}" -u -m open_clip_train.main)
+    TRAINER_PREFIX=()
+}
+
 launcher_torchrun() {
-    LAUNCH=("${TORCHRUN:-torchrun}" --nproc-per-node "$GPUS_VALUE")
+    LAUNCH=("${TORCHRUN:-$(venv_program torchrun)}" --nproc-per-node "$GPUS_VALUE")
     if ((NNODES_VALUE == 1)); then
         LAUNCH+=(--standalone)
     else
@@ -130,7 +156,8 @@ launcher_torchrun() {
         # its own NODE_RANK (0 on the master).
         local name
         for name in MASTER_ADDR MASTER_PORT NODE_RANK; do
-            [[ -n "${!name:-}" ]] || die "NNODES=$NNODES_VALUE with LAUNCHER=torchrun needs $name in the environment"
+            [[ -n "${!name:-}" ]] ||
+                die "NNODES=$NNODES_VALUE with LAUNCHER=torchrun needs $name in the environment"
         done
         LAUNCH+=(--nnodes "$NNODES_VALUE" --node-rank "$NODE_RANK"
                  --master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT")
@@ -146,27 +173,36 @@ launcher_srun() {
     # process group through env://, so every task needs MASTER_ADDR/MASTER_PORT.
     local addr=${MASTER_ADDR:-}
     if [[ -z "$addr" && -n "${SLURM_JOB_NODELIST:-}" ]]; then
-        addr=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+        addr=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk 'NR == 1')  # no SIGPIPE
     fi
-    [[ -n "$addr" ]] || die "LAUNCHER=srun needs MASTER_ADDR (or run inside a SLURM allocation, which sets SLURM_JOB_NODELIST)"
+    [[ -n "$addr" ]] || die "LAUNCHER=srun needs MASTER_ADDR" \
+        "(or run inside a SLURM allocation, which sets SLURM_JOB_NODELIST)"
     # Explicit node and task counts make srun refuse an allocation that does not match the
     # per-process batch computed above, instead of silently changing the global batch.
     LAUNCH=(env "MASTER_ADDR=$addr" "MASTER_PORT=${MASTER_PORT:-29500}"
-            "${SRUN:-srun}" --nodes "$NNODES_VALUE" --ntasks-per-node "$GPUS_VALUE" --kill-on-bad-exit=1
-            "${PYTHON:-python}" -u -m open_clip_train.main)
+            "${SRUN:-srun}" --nodes "$NNODES_VALUE" --ntasks-per-node "$GPUS_VALUE" --kill-on-bad-exit=1)
+    # Since Slurm 22.05 srun no longer inherits sbatch's --cpus-per-task; without it each task
+    # gets one CPU and the dataloader workers crawl.
+    [[ -n "${SLURM_CPUS_PER_TASK:-}" ]] && LAUNCH+=(--cpus-per-task "$SLURM_CPUS_PER_TASK")
+    LAUNCH+=("${PYTHON:-$(venv_program python)}" -u -m open_clip_train.main)
     TRAINER_PREFIX=()
 }
 
 launcher_horovodrun() {
     local hosts=${HOSTS:-}
+    if [[ -z "$hosts" && -n "${SLURM_JOB_NODELIST:-}" ]]; then
+        hosts=$(scontrol show hostnames "$SLURM_JOB_NODELIST" |
+            awk -v n="$NNODES_VALUE" -v g="$GPUS_VALUE" 'NR <= n {printf "%s%s:%s", (NR > 1 ? "," : ""), $0, g}')
+    fi
     if [[ -z "$hosts" ]]; then
-        ((NNODES_VALUE == 1)) || die "NNODES=$NNODES_VALUE with LAUNCHER=horovodrun needs HOSTS (e.g. node1:$GPUS_VALUE,node2:$GPUS_VALUE)"
+        ((NNODES_VALUE == 1)) || die "NNODES=$NNODES_VALUE with LAUNCHER=horovodrun needs HOSTS" \
+            "(e.g. node1:$GPUS_VALUE,node2:$GPUS_VALUE)"
         hosts="localhost:$GPUS_VALUE"
     fi
-    LAUNCH=("${HOROVODRUN:-horovodrun}" -np "$WORLD_SIZE" -H "$hosts")
+    LAUNCH=("${HOROVODRUN:-$(venv_program horovodrun)}" -np "$WORLD_SIZE" -H "$hosts")
     # Horovod builds without MPI (like this project's CPU build) need the Gloo controller.
     [[ "${DEVICE:-}" == cpu ]] && LAUNCH+=(--gloo)
-    LAUNCH+=("${PYTHON:-python}" -m open_clip_train.main)
+    LAUNCH+=("${PYTHON:-$(venv_program python)}" -m open_clip_train.main)
     TRAINER_PREFIX=(--horovod)
 }
 
@@ -175,7 +211,8 @@ resolve_launcher() {
         torchrun) launcher_torchrun ;;
         srun) launcher_srun ;;
         horovodrun) launcher_horovodrun ;;
-        *) die "LAUNCHER must be torchrun, srun or horovodrun, got '${LAUNCHER}'" ;;
+        python) launcher_python ;;
+        *) die "LAUNCHER must be torchrun, srun, horovodrun or python, got '${LAUNCHER}'" ;;
     esac
 }
 
@@ -199,14 +236,29 @@ common_flags() {
     return 0
 }
 
+# Single-quote a word unless it is made of characters the shell leaves alone (printf %q would
+# backslash every brace and comma of a shard pattern; this stays readable and paste-able).
+shell_quote() {
+    if [[ "$1" =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
+        printf '%s' "$1"
+    else
+        local close_escape_reopen="'\\''"
+        printf "'%s'" "${1//\'/$close_escape_reopen}"
+    fi
+}
+
 # Runs or prints: launcher, launcher-required trainer flags, our flags, the user's flags.
 launch() {
     local cmd=("${LAUNCH[@]}" "${TRAINER_PREFIX[@]}" "$@")
     if [[ "${DRY_RUN:-0}" == 1 ]]; then
-        printf '%q ' "${cmd[@]}" | sed 's/ $//'
-        echo
+        local word line=""
+        for word in "${cmd[@]}"; do
+            line+="${line:+ }$(shell_quote "$word")"
+        done
+        echo "$line"
     else
-        echo "run_scripts/$SCALE: global batch ${GLOBAL_BATCH:-$PUB_GLOBAL_BATCH} = $WORLD_SIZE processes x $PER_GPU_BATCH" >&2
+        echo "run_scripts/$SCALE: global batch ${GLOBAL_BATCH:-$PUB_GLOBAL_BATCH}" \
+            "= $WORLD_SIZE processes x $PER_GPU_BATCH" >&2
         exec "${cmd[@]}"
     fi
 }

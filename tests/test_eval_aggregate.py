@@ -1,4 +1,4 @@
-"""The DataComp 38-task aggregator on fabricated per-task results, against hand-computed averages."""
+"""The DataComp 38-task aggregator on fabricated per-task results vs hand-computed averages."""
 import json
 
 import pytest
@@ -33,8 +33,8 @@ def test_task_table_matches_datacomp():
     assert main["fairness/dollar_street"] == "acc_top5_wg"
     assert main["fairness/geode"] == "acc_wg"
     assert main["misc/winogavil"] == "jaccard_score_10-12"
-    assert main["retrieval/flickr30k"] == main["retrieval/mscoco_2014_5k_test_image_text_retrieval"] \
-        == "mean_recall@1"
+    retrieval = ["retrieval/flickr30k", "retrieval/mscoco_2014_5k_test_image_text_retrieval"]
+    assert [main[key] for key in retrieval] == ["mean_recall@1"] * 2
     assert TASKS_BY_KEY["vtab/caltech101"].dirname == "wds_vtab-caltech101_test"
     assert TASKS_BY_KEY["fairness/geode"].dirname == "wds_geode_test"
     assert TASKS_BY_KEY["wilds/fmow"].dirname == "wds_wilds-fmow_test"

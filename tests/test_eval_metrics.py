@@ -233,3 +233,21 @@ def test_imagenet_folders_use_openclip_names_and_subsets(tmp_path, digits):
     summary = summarize(records, {})
     assert summary["partial"] and summary["headline"]["imagenet_and_variants"]["n"] == 2
     assert summary["headline"]["imagenet_and_variants"]["of"] == 7
+
+
+def test_writers_produce_clip_benchmark_layout_and_reject_bad_input(tmp_path, digits):
+    images = pil(digits[0][:3])
+    assert write_classification_set(tmp_path / "c", images, [0, 1, 1], ["a", "b"], ["{c}"],
+                                    max_count=2) == 2
+    assert (tmp_path / "c" / "test" / "nshards.txt").read_text() == "2\n"
+    assert sorted(p.name for p in (tmp_path / "c" / "test").glob("*.tar")) == ["0.tar", "1.tar"]
+    assert (tmp_path / "c" / "classnames.txt").read_text() == "a\nb\n"
+    assert not (tmp_path / "c" / "dataset_type.txt").exists()
+    write_retrieval_set(tmp_path / "r", images, ["x", ["y", "z"], "w"])
+    assert (tmp_path / "r" / "dataset_type.txt").read_text() == "retrieval\n"
+    with pytest.raises(ValueError, match="outside"):
+        write_classification_set(tmp_path / "bad", images, [0, 1, 2], ["a", "b"], ["{c}"])
+    with pytest.raises(ValueError, match="contain '{c}'"):
+        write_classification_set(tmp_path / "bad", images, [0, 1, 1], ["a", "b"], ["a photo"])
+    with pytest.raises(ValueError, match="newline"):
+        write_retrieval_set(tmp_path / "bad", images, ["x", "y\nz", "w"])

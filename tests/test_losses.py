@@ -105,7 +105,7 @@ def test_global_tau_gradient_matches_objective(version):
     elif version == "v0":   # v0 follows the gradient of mean log(ε+g), τ included (§3)
         objective, factor = mean_log_objective, 1.0
     else:                   # constant τ: GCL = τ·mean log(ε+g); the surrogate drops the τ
-        objective, factor = (lambda i, t, tau: tau * mean_log_objective(i, t, tau)), 10.0
+        objective, factor = (lambda i, t, tau: tau * mean_log_objective(i, t, tau)), 1 / 0.1
     value, e_img, e_txt, e_theta = objective_gradients(objective, IMG, TXT, THETA)
     assert_close(g_img, factor * e_img)
     assert_close(g_txt, factor * e_txt)
@@ -113,8 +113,8 @@ def test_global_tau_gradient_matches_objective(version):
         assert_close(g_theta, factor * e_theta)
     else:
         assert g_theta is None    # a constant τ receives no gradient
-    expected_value = value if version != "v1" and version != "sogclr" else value * factor
-    assert_close(out["contrastive_loss"].detach(), expected_value)
+    # The reported value is the objective whose gradient the surrogate carries (GCL/τ for GCL).
+    assert_close(out["contrastive_loss"].detach(), factor * value)
 
 
 @pytest.mark.parametrize("version", ["v2", "isogclr"])

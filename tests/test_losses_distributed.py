@@ -53,6 +53,7 @@ def train_steps(version, comm, part):
 
 
 def rank_main(rank, init_file, out_dir):
+    torch.set_num_threads(1)     # a forked child must not reuse the parent's OpenMP pool
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD_SIZE, timeout=timedelta(seconds=120))
     try:
@@ -72,7 +73,9 @@ def rank_main(rank, init_file, out_dir):
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):
-    mp.spawn(rank_main, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD_SIZE)
+    # fork: the ranks inherit the imported modules instead of re-importing open_clip (slow).
+    mp.start_processes(rank_main, args=(str(tmp_path / "init"), str(tmp_path)),
+                       nprocs=WORLD_SIZE, start_method="fork")
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
     for version in VERSIONS:
         expected_grads, expected_state = train_steps(version, LocalComm(), slice(None))

@@ -220,8 +220,8 @@ log "installing $(basename "$WHEEL") into $VENV"
 "$PY" -m pip install --quiet --no-deps --no-index --force-reinstall "$WHEEL" \
     || die "pip install of $WHEEL failed"
 "$PY" - <<'EOF' || die "horovod.torch does not import after install"
-import horovod.torch as hvd
+import horovod, horovod.torch as hvd
 assert hvd.gloo_built(), "horovod was built without Gloo"
 print("[horovod] installed; import ok: horovod %s, gloo=%s mpi=%s cuda=%s"
-      % (hvd.__version__, hvd.gloo_built(), hvd.mpi_built(), hvd.cuda_built()))
+      % (horovod.__version__, hvd.gloo_built(), hvd.mpi_built(), hvd.cuda_built()))
 EOF

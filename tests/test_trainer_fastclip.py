@@ -1,0 +1,158 @@
+"""`open_clip_train.main --fastclip` end to end: versions × optimizers, ids, bad input."""
+import math
+import re
+
+import pytest
+import torch
+
+from open_clip_patch.digits_data import write_digits_shards
+from trainer_utils import run_trainer
+
+VERSIONS = ("v0", "v1", "v2", "v3", "sogclr", "isogclr")
+OPTIMIZERS = ("adamw", "lamb", "lion", "sgdm")
+
+
+@pytest.fixture(scope="module")
+def digit_shards(tmp_path_factory):
+    # 96 digits in 2 shards, every 7th row "failed to download": the id space has gaps.
+    return write_digits_shards(tmp_path_factory.mktemp("shards"), num_shards=2, num_samples=96,
+                               skip_every=7, unique_captions=True)
+
+
+def wds_flags(shards, *extra):
+    return ["--train-data", shards.pattern, "--dataset-type", "webdataset",
+            "--train-num-samples", str(shards.num_samples), *extra]
+
+
+SYNTHETIC = ["--dataset-type", "synthetic", "--train-num-samples", "16"]
+
+
+def load_checkpoint(result, epoch=1):
+    return torch.load(result.checkpoint(epoch), map_location="cpu", weights_only=False)
+
+
+def fcco_state_tensors(checkpoint):
+    """Every tensor of the saved FastCLIP loss state, by name."""
+    found = {}
+
+    def walk(prefix, value):
+        if isinstance(value, torch.Tensor):
+            found[prefix] = value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+
+    walk("", checkpoint["fastclip"]["loss"])
+    return found
+
+
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("data", ["synthetic", "webdataset"])
+def test_every_version_and_optimizer_trains(tmp_path, digit_shards, version, optimizer, data):
+    flags = SYNTHETIC if data == "synthetic" else wds_flags(digit_shards)
+    flags = flags + ["--fastclip", "--fastclip-version", version, "--opt", optimizer]
+    if version in ("v2", "isogclr"):  # individual temperatures need the id space given
+        flags += ["--data-size", "16" if data == "synthetic" else str(digit_shards.id_space)]
+    result = run_trainer(tmp_path, "run", flags)
+    assert result.step_losses and all(math.isfinite(x) for x in result.step_losses)
+    checkpoint = load_checkpoint(result)
+    entry = checkpoint["fastclip"]
+    assert entry["version"] == version
+    tensors = fcco_state_tensors(checkpoint)
+    assert tensors and all(torch.isfinite(t).all() for t in tensors.values())
+    group_names = [g.get("group_name") for g in checkpoint["optimizer"]["param_groups"]]
+    assert ("logit_scale" in group_names) == (version in ("v0", "v3"))
+
+
+def test_touched_u_entries_are_exactly_the_loaders_ids(tmp_path, digit_shards, monkeypatch):
+    from open_clip_patch import hooks
+
+    seen = []
+    original = hooks.unpack_batch
+
+    def recording_unpack(args, batch):
+        images, texts, extra = original(args, batch)
+        seen.extend(extra["sample_ids"].tolist())
+        return images, texts, extra
+
+    monkeypatch.setattr(hooks, "unpack_batch", recording_unpack)
+    result = run_trainer(tmp_path, "ids", wds_flags(digit_shards, "--fastclip",
+                                                    "--fastclip-version", "v1"))
+    state = load_checkpoint(result)["fastclip"]["loss"]["_extra_state"]["state"]
+    columns = state["columns"]
+    log_u = state["values"][:, [columns.index("log_u_image"), columns.index("log_u_text")]]
+    touched = set(torch.nonzero(torch.isfinite(log_u).all(dim=1)).flatten().tolist())
+    never_seen = torch.isinf(log_u).all(dim=1)  # u = 0 (log u = -inf) for every id not loaded
+    assert int(never_seen.sum()) == log_u.shape[0] - len(touched)
+    assert touched == set(seen)
+    assert set(seen) <= set(digit_shards.captions) and len(set(seen)) >= 64
+
+
+def test_ids_map_back_to_their_own_captions(tmp_path, digit_shards):
+    """Through shuffling, resampling and two worker processes, an id keeps its caption."""
+    import open_clip
+    import open_clip_patch  # noqa: F401
+    from open_clip_train.data import get_wds_dataset
+    from open_clip_train.params import parse_args
+
+    tokenizer = open_clip.get_tokenizer("fastclip-tiny-vit")
+    _, preprocess, _ = open_clip.create_model_and_transforms("fastclip-tiny-vit")
+    for resampled in ([], ["--dataset-resampled"]):
+        args = parse_args(["--model", "fastclip-tiny-vit", "--batch-size", "8", "--workers", "2",
+                           *wds_flags(digit_shards, "--fastclip"), *resampled])
+        args.world_size, args.rank = 1, 0
+        info = get_wds_dataset(args, preprocess, is_train=True, epoch=0, tokenizer=tokenizer)
+        checked = 0
+        for images, texts, ids in info.dataloader:
+            for text, sample_id in zip(texts, ids.tolist()):
+                assert torch.equal(text, tokenizer(digit_shards.captions[sample_id])[0])
+                checked += 1
+        assert checked >= 64
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gamma-min", "0"], "--gamma-min must lie in (0, 1]"),
+    (["--gamma-min", "1.5"], "--gamma-min must lie in (0, 1]"),
+    (["--rho", "-1"], "--rho must be non-negative"),
+    (["--fastclip-version", "v9"], "invalid choice: 'v9'"),
+    (["--accum-freq", "2"], "--fastclip does not support --accum-freq > 1"),
+    (["--fastclip-version", "v2"], "individual-learnable needs --data-size"),
+    (["--temperature-scheme", "individual-learnable", "--data-size", "10"], "does not fit"),
+    (["--opt", "adagrad"], "--opt must be one of adamw, lamb, lion, sgdm"),
+    (["--stop-epochs", "5", "--epochs", "2"], "--stop-epochs must lie in [1, --epochs=2]"),
+    (["--temperature", "0"], "--temperature must lie in (0, 1]"),
+])
+def test_bad_flags_stop_before_training(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        run_trainer(tmp_path, "bad", SYNTHETIC + ["--fastclip", *flags])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # nothing started
+
+
+def test_out_of_range_key_fails_naming_the_shard(tmp_path):
+    shards = write_digits_shards(tmp_path / "rogue", num_shards=2, num_samples=40, rogue_key=10**6)
+    with pytest.raises(ValueError) as error:
+        run_trainer(tmp_path, "rogue", wds_flags(shards, "--fastclip", "--data-size",
+                                                 str(shards.id_space)))
+    text = str(error.value)
+    assert "outside [0, data-size=" in text and ".tar" in text and "001000000" in text
+
+
+def test_out_of_range_key_can_be_skipped_and_counted(tmp_path):
+    shards = write_digits_shards(tmp_path / "rogue", num_shards=2, num_samples=40, rogue_key=10**6)
+    result = run_trainer(tmp_path, "skip", wds_flags(shards, "--fastclip", "--data-size",
+                                                     str(shards.id_space), "--skip-invalid-ids"))
+    assert "'invalid_ids_skipped': 1" in result.log_text
+
+
+def test_truncated_shard_is_skipped_and_counted(tmp_path):
+    shards = write_digits_shards(tmp_path / "cut", num_shards=2, num_samples=64,
+                                 truncate_shard_index=1)
+    result = run_trainer(tmp_path, "cut", wds_flags(shards, "--fastclip"))
+    assert all(math.isfinite(x) for x in result.step_losses)
+    # with_epoch() may pass over the shards more than once per epoch: each read is counted
+    errors = re.search(r"'shard_errors': (\d+)", result.log_text)
+    assert errors and int(errors.group(1)) >= 1
+    assert "Handling webdataset error" in result.log_text
