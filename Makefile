@@ -13,7 +13,8 @@ export OMP_NUM_THREADS ?= 2
 SETUP_STAMP := $(VENV)/.setup-done
 PATCH_STAMP := build/.installed-open-clip
 
-.PHONY: help setup horovod patch refresh-patches check-patches test test-fast test-upstream clean
+.PHONY: help setup horovod patch refresh-patches check-patches test test-fast test-upstream clean \
+        eval eval-imagenet report
 
 help:
 	@echo "make setup           venv with pinned torch, deps and Horovod (Gloo, CPU)"
@@ -22,6 +23,9 @@ help:
 	@echo "make check-patches   apply from scratch and prove patches/ is current"
 	@echo "make test            setup + patch + check-patches + pytest (what CI runs)"
 	@echo "make test-upstream   OpenCLIP's heavier offline training tests against the patched tree"
+	@echo "make eval CKPT=.. DATA=..  DataComp 38-task eval of checkpoint(s) on local wds sets"
+	@echo "make eval-imagenet CKPT=.. IMAGENET_VAL=..  ImageNet & variants zero-shot"
+	@echo "make report RUNS='a=logs/x b=logs/y' OUT=..  markdown table + plots"
 
 # ---- environment -------------------------------------------------------------------------
 $(SETUP_STAMP): requirements.in constraints.txt
@@ -66,6 +70,23 @@ test-fast:
 test-upstream: setup patch
 	cd build/open_clip && ../../$(PY) -m pytest -q tests/test_training_simple.py::test_training tests/test_training_simple.py::test_training_unfreezing_vit \
 	  $(PYTEST_ARGS)
+
+# ---- evaluation (local data only; see README "Evaluation") ------------------------------
+CKPT ?=
+DATA ?=
+EVAL_ARGS ?=
+
+eval:
+	@test -n "$(CKPT)" -a -n "$(DATA)" || { echo "usage: make eval CKPT=<checkpoint(s), globs ok> DATA=<dir> [EVAL_ARGS=--allow-missing]"; exit 2; }
+	set -e; for c in $(CKPT); do $(PY) -m eval.datacomp --checkpoint $$c --data-dir $(DATA) $(EVAL_ARGS); done
+
+eval-imagenet:
+	@test -n "$(CKPT)" -a -n "$(IMAGENET_VAL)" || { echo "usage: make eval-imagenet CKPT=<checkpoint(s)> IMAGENET_VAL=<dir> [EVAL_ARGS='--imagenet-v2 DIR ...']"; exit 2; }
+	set -e; for c in $(CKPT); do $(PY) -m eval.imagenet --checkpoint $$c --imagenet-val $(IMAGENET_VAL) $(EVAL_ARGS); done
+
+report:
+	@test -n "$(RUNS)" -a -n "$(OUT)" || { echo "usage: make report RUNS='baseline=logs/a fastclip-v3=logs/b' OUT=<dir>"; exit 2; }
+	$(PY) -m eval.report $(foreach r,$(RUNS),--run $(r)) --output-dir $(OUT)
 
 clean:
 	rm -rf build

@@ -219,9 +219,13 @@ fi
 log "installing $(basename "$WHEEL") into $VENV"
 "$PY" -m pip install --quiet --no-deps --no-index --force-reinstall "$WHEEL" \
     || die "pip install of $WHEEL failed"
-"$PY" - <<'EOF' || die "horovod.torch does not import after install"
+if ! "$PY" - <<'EOF'; then
 import horovod, horovod.torch as hvd
 assert hvd.gloo_built(), "horovod was built without Gloo"
 print("[horovod] installed; import ok: horovod %s, gloo=%s mpi=%s cuda=%s"
       % (horovod.__version__, hvd.gloo_built(), hvd.mpi_built(), hvd.cuda_built()))
 EOF
+    # Do not leave a broken install that the next run would take for done.
+    "$PY" -m pip uninstall --quiet --yes horovod || true
+    die "horovod.torch does not import after installing $(basename "$WHEEL"); uninstalled it again"
+fi
