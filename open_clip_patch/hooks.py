@@ -41,7 +41,6 @@ def create_loss(args):
     """OpenCLIP's loss, or the FastCLIP loss for ``--fastclip``."""
     if not _fastclip(args):
         return open_clip.create_loss(args)
-    from .comm import default_comm
     from .losses import FastCLIPLoss
 
     logging.info("FastCLIP configuration: %s", params.effective_config(args))
@@ -56,7 +55,7 @@ def create_loss(args):
         # the per-sample τ Adam (v2) borrows the model optimizer's betas/eps where it has them
         tau_betas=(args.beta1 or 0.9, args.beta2 or 0.999),
         tau_eps=args.eps or 1e-8,
-        comm=default_comm(),
+        comm=create_comm(args),
     )
     loss.gamma_schedule = GammaSchedule(args.gamma_schedule, args.gamma_min,
                                         args.gamma_decay_epochs, per_step=args.gamma_per_step)
@@ -175,3 +174,56 @@ def on_epoch_end(args, epoch):
         counts = counters.snapshot()
         if any(counts.values()):
             logging.warning(f"Epoch {epoch} data problems (cumulative): {counts}")
+
+
+# ---- distributed --------------------------------------------------------------------------
+def count_communication(args, model, optimizer):
+    """Once DDP wraps the model and Horovod the optimizer: count what each rank sends per step
+    in the gradient reduction and, for the OpenCLIP baseline, in its loss (FastCLIP's comm counts
+    its own gathers). One process communicates nothing and gets no meter."""
+    from . import traffic
+
+    if not args.distributed or args.world_size < 2:
+        return
+    meter = args.traffic_meter = traffic.TrafficMeter(args.world_size)
+    if args.horovod:
+        traffic.count_horovod_gradients(optimizer, meter)
+    else:
+        traffic.count_ddp_gradients(model, meter)
+    if not _fastclip(args):
+        traffic.count_openclip_loss(meter, horovod=args.horovod)
+
+
+def create_comm(args):
+    """The loss's collectives on the backend OpenCLIP's flags chose (--horovod, torchrun/SLURM
+    process group, or one process), counted into the run's meter."""
+    from .comm import create_comm as comm_for
+
+    return comm_for(args, meter=getattr(args, "traffic_meter", None))
+
+
+def check_state_replicas(args, loss, when):
+    """Every rank writes the same gathered rows, so the FCCO state replicas must be bit-identical
+    (also after a resume: every rank loads the same checkpoint file). Fail loudly otherwise."""
+    from .comm import check_identical_across_ranks
+
+    if not _fastclip(args) or loss.comm.world_size == 1:
+        return
+    value = check_identical_across_ranks(loss.comm, loss.state.values, f"FCCO state {when}")
+    if args.rank == 0:
+        logging.info(f"FCCO state identical on all {loss.comm.world_size} ranks {when} "
+                     f"(fingerprint {value:012x})")
+
+
+def end_of_epoch_distributed(args, epoch, data, loss):
+    """Check the FCCO replicas, then log the epoch's bytes sent per step (rank 0's figures;
+    the replica checks of this epoch are listed apart, not per step)."""
+    from .traffic import format_summary
+
+    check_state_replicas(args, loss, f"after epoch {epoch}")
+    meter = getattr(args, "traffic_meter", None)
+    if meter is not None:
+        summary = meter.epoch_summary(data["train"].dataloader.num_batches // args.accum_freq)
+        summary["epoch"] = epoch
+        if args.rank == 0:
+            logging.info(f"Communication per step and rank: {format_summary(summary)}")

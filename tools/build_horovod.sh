@@ -18,14 +18,16 @@
 # needs a complete toolkit.  The toolkit is taken from $CUDA_HOME/$CUDA_PATH if
 # that holds one, else asked of the `nvcc` on PATH (its --dryrun output names
 # its real install dir, through wrapper scripts and symlinks), else
-# /usr/local/cuda.  Found: CUDA_HOME/HOROVOD_CUDA_HOME point at it (GPU tensors
-# are then supported too, staged through host memory for Gloo).  Not found, or
-# HOROVOD_WITHOUT_CUDA=1 given: HOROVOD_WITHOUT_CUDA=1 (patch 0003) builds the
-# CPU-only extension.  Collectives run over Gloo either way.
+# /usr/local/cuda.  Found: CUDA_HOME/HOROVOD_CUDA_HOME point at it and Horovod
+# also compiles its CUDA code (CUDA tensors are then staged through host memory
+# for Gloo; no NCCL).  Not found, or HOROVOD_WITHOUT_CUDA=1 given: the build runs
+# with HOROVOD_WITHOUT_CUDA=1 (patch 0003) and makes the CPU-only extension.
+# Collectives run over Gloo either way.
 #
 # Knobs: VENV (default .venv), MAKEFLAGS (default -j<cores>),
 # HOROVOD_WITHOUT_CUDA=1, HOROVOD_BUILD_CUDA_CC_LIST (Horovod's own: comma list of
-# compute capabilities for its CUDA kernels; default every one nvcc knows).
+# compute capabilities for its CUDA kernels; default every one nvcc knows; part
+# of the cache key).
 set -euo pipefail
 
 log() { printf '[horovod] %s\n' "$*"; }
@@ -83,7 +85,7 @@ if [ "${HOROVOD_WITHOUT_CUDA:-}" = "1" ]; then
 elif CUDA_DIR="$(find_toolkit)"; then
     cuda_release="$("$CUDA_DIR/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p')"
     MODE="CUDA $cuda_release toolkit at $CUDA_DIR"
-    MODE_KEY="cuda $cuda_release $CUDA_DIR"
+    MODE_KEY="cuda $cuda_release $CUDA_DIR cc=${HOROVOD_BUILD_CUDA_CC_LIST:-all}"
 else
     CUDA_DIR=""
     MODE="CPU-only (no CUDA toolkit found)"
@@ -145,6 +147,9 @@ WHEEL="$(find_wheel || true)"
 if [ -n "$WHEEL" ] && [ -f "$WHEEL.sha256" ]; then
     log "cached wheel $(basename "$WHEEL") (build/horovod/wheels/$KEY)"
 else
+    for tool in patch tar cmake c++ make; do
+        command -v "$tool" >/dev/null || die "'$tool' is needed to build horovod but is not on PATH"
+    done
     mkdir -p "$SDIST_DIR"
     sdist="$SDIST_DIR/$SDIST_NAME"
     if [ -f "$sdist" ] && [ "$(sha256 "$sdist")" = "$SDIST_SHA" ]; then

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make demo`: OpenCLIP vs FastCLIP-v3 vs SigLIP side by side on the Twemoji demo data, on a CPU
+# (eval/demo.py does the work: data, training, per-epoch evaluation, report). Run after
+# `make patch`, from anywhere:
+#   bash run_scripts/demo.sh                  # full demo -> build/demo/report.md, curves.png
+#   bash run_scripts/demo.sh --quick          # digits, 2 short epochs (what the tests run)
+#   DEMO_QUICK=1 bash run_scripts/demo.sh     # the same
+#   bash run_scripts/demo.sh --methods openclip,fastclip-v3 --out build/demo-two
+#   bash run_scripts/demo.sh tune --jobs 2    # re-run the tuning grids (validation split only)
+# Environment: PYTHON (default: the repository's .venv python, else python from PATH),
+# OMP_NUM_THREADS (default 2: the demo is sized for two cores). Flags go to eval/demo.py.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"   # REPO_ROOT, venv_program
+cd "$REPO_ROOT"   # eval/ is a package of the repository root, not an installed one
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+exec "${PYTHON:-$(venv_program python)}" -m eval.demo "$@"

@@ -1,0 +1,159 @@
+"""`make demo` (run_scripts/demo.sh -> eval/demo.py): the quick demo end to end, the report's
+numbers against the evaluation files, the comparison arithmetic and the tuning rules."""
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from eval import demo
+
+REPO = Path(__file__).resolve().parents[1]
+METHOD_LABELS = {name: method.label for name, method in demo.METHODS.items()}
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """The quick demo through the shell script, as `DEMO_QUICK=1 make demo` runs it."""
+    out = tmp_path_factory.mktemp("demo")
+    env = {**os.environ, "DEMO_QUICK": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
+    proc = subprocess.run(["bash", str(REPO / "run_scripts" / "demo.sh"), "--out", str(out),
+                           "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def table_rows(markdown, first_header):
+    """{first cell: [cells]} of the markdown table whose header starts with first_header."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def eval_records(run_dir, epoch):
+    """The evaluation output of one checkpoint, read directly (not through eval/demo.py)."""
+    path = run_dir / "eval" / f"epoch_{epoch}" / "demo_results.jsonl"
+    return {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def test_quick_demo_writes_report_and_curves(quick_demo):
+    out, stdout = quick_demo
+    report = (out / "report.md").read_text()
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for label in METHOD_LABELS.values():
+        assert f"| {label} |" in report and f"| {label} |" in stdout
+    assert "Attribution: Digit images" in report       # the quick demo uses the digits
+    assert "Held-out retrieval mean R@1, FastCLIP-v3 / OpenCLIP" in report
+
+
+def test_report_numbers_are_the_evaluation_output(quick_demo):
+    out, _ = quick_demo
+    final = table_rows((out / "report.md").read_text(), "method")
+    columns = [(task, metric) for _, _, task, metric in demo.COLUMNS]
+    for name, label in METHOD_LABELS.items():
+        run_dir = out / "runs" / name
+        records = eval_records(run_dir, demo.QUICK.epochs)
+        expected = [f"{100 * records[task]['metrics'][metric]:.2f}" for task, metric in columns]
+        assert final[label][:len(columns)] == expected, name
+        samples_seen = records["heldout_retrieval"]["info"]["samples_seen"]
+        assert final[label][len(columns) + 1] == f"{samples_seen:,}"
+
+
+def test_every_epoch_is_checkpointed_and_evaluated(quick_demo):
+    out, _ = quick_demo
+    per_epoch = table_rows((out / "report.md").read_text(), "epoch")
+    labels = list(METHOD_LABELS.values())
+    assert sorted(map(int, per_epoch)) == list(range(1, demo.QUICK.epochs + 1))
+    for name in METHOD_LABELS:
+        run_dir = out / "runs" / name
+        train = json.loads((run_dir / "train.json").read_text())
+        # what the trainer logged it saw per epoch equals what the driver predicts
+        assert train["samples_per_epoch"] == demo.expected_samples_per_epoch(
+            demo.QUICK.train_num_samples, demo.QUICK.batch_size, demo.QUICK.workers)
+        for epoch in range(1, demo.QUICK.epochs + 1):
+            assert (run_dir / "checkpoints" / f"epoch_{epoch}.pt").is_file()
+            retrieval = eval_records(run_dir, epoch)["heldout_retrieval"]
+            assert retrieval["info"]["samples_seen"] == epoch * train["samples_per_epoch"]
+            cell = per_epoch[str(epoch)][1 + labels.index(METHOD_LABELS[name])]
+            assert cell == f"{100 * retrieval['metrics']['mean_recall@1']:.2f}"
+
+
+def test_results_json_comparison_matches_the_points(quick_demo):
+    out, _ = quick_demo
+    results = json.loads((out / "results.json").read_text())
+    base = results["runs"]["openclip"]["points"][-1]["mean_r1"]
+    fast = results["runs"]["fastclip-v3"]["points"][-1]["mean_r1"]
+    assert results["comparison"]["ratio_final"] == pytest.approx(fast / base)
+    assert eval_records(out / "runs" / "openclip", demo.QUICK.epochs)[
+        "heldout_retrieval"]["metrics"]["mean_recall@1"] == base
+
+
+def points(values, per_epoch=100):
+    return [{"epoch": e, "samples_seen": e * per_epoch, "mean_r1": v}
+            for e, v in enumerate(values, start=1)]
+
+
+def test_ratio_and_samples_to_reach():
+    baseline = points([0.10, 0.20, 0.30, 0.40])
+    challenger = points([0.15, 0.30, 0.45, 0.50])
+    assert demo.ratio_at_equal_samples(challenger, baseline) == pytest.approx(
+        {100: 1.5, 200: 1.5, 300: 1.5, 400: 1.25})
+    figures = demo.comparison({"openclip": {"points": baseline},
+                               "fastclip-v3": {"points": challenger}})
+    assert figures["ratio_final"] == pytest.approx(1.25)
+    assert figures["samples_to_reach"] == 300          # first checkpoint with R@1 >= 0.40
+    assert figures["fraction_to_reach"] == pytest.approx(0.75)
+    never = demo.comparison({"openclip": {"points": baseline},
+                             "fastclip-v3": {"points": points([0.1, 0.1, 0.1, 0.39])}})
+    assert never["samples_to_reach"] is None and never["fraction_to_reach"] is None
+
+
+def test_expected_samples_per_epoch_rounds_to_whole_batches_per_worker():
+    assert demo.expected_samples_per_epoch(2691, 32, 1) == 85 * 32
+    assert demo.expected_samples_per_epoch(2691, 32, 2) == 86 * 32
+    assert demo.expected_samples_per_epoch(320, 32, 0) == 320
+
+
+def test_every_method_gets_the_same_tuning_effort():
+    sizes = {name: len(demo.grid_points(m.grid)) for name, m in demo.METHODS.items()}
+    assert len(set(sizes.values())) == 1, sizes
+    for name, method in demo.METHODS.items():
+        assert method.tuned in demo.grid_points(method.grid), name
+        # the tuned keys are exactly the grid's; nothing tuned outside the record
+        assert set(method.tuned) == set(method.grid) and not set(method.fixed) & set(method.grid)
+
+
+def test_methods_share_everything_but_the_loss_flags():
+    manifest = {"root": "/data", "train": {"pattern": "train/{0..3}.tar", "num_samples": 100,
+                                           "id_space": 40000}}
+    commands = {name: demo.trainer_command(demo.FULL, manifest,
+                                           demo.method_flags(name, m.tuned, 40000), "logs", name)
+                for name, m in demo.METHODS.items()}
+    shared = {name: command[:command.index("--name")] for name, command in commands.items()}
+    assert len({tuple(v) for v in shared.values()}) == 1
+    assert "--siglip" in commands["siglip"] and "--fastclip" in commands["fastclip-v3"]
+    v3 = commands["fastclip-v3"]
+    assert v3[v3.index("--data-size") + 1] == "40000"
+
+
+def test_tuning_scores_on_the_validation_split_only(tmp_path, monkeypatch):
+    one_point = demo.Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
+                            grid=dict(lr=[1e-3], temperature=[0.07]))
+    monkeypatch.setitem(demo.METHODS, "openclip", one_point)
+    path = demo.run_tuning(tmp_path, demo.QUICK, ["openclip"])
+    result, = json.loads(path.read_text())["results"]
+    run_dir = Path(result["run_dir"])
+    records = eval_records(run_dir, demo.QUICK.epochs)
+    assert set(records) == {"val_retrieval"}
+    assert result["val_mean_r1"] == records["val_retrieval"]["metrics"]["mean_recall@1"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        f"epoch_{demo.QUICK.epochs}.pt"]

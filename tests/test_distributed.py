@@ -1,0 +1,181 @@
+"""Distributed FastCLIP with 2 CPU ranks: one step equals one process with the whole batch, the
+FCCO replicas stay identical, the bytes sent per step are counted, and the trainer runs under
+torchrun and a SLURM-style launch (resuming consistently on every rank).
+
+The cases run in tests/distributed_worker.py: once on torch.distributed (2 forked gloo ranks,
+DDP) and once on Horovod (``horovodrun -np 2 -H localhost:2 --gloo``; skipped, with the reason,
+when horovod cannot be imported). Errors are measured per tensor as max|a - e| / max|e|.
+"""
+import importlib
+import json
+import os
+import re
+import socket
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import distributed_worker as cases
+from trainer_utils import PYTHON, base_flags, write_digits_csv
+
+TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
+WORKER = Path(cases.__file__)
+FIRST_STATE_COLUMNS = {"v1": 2, "v2": 8, "v3": 2}   # log u (+ τ and its Adam moments for v2)
+COMM_LINE = re.compile(r"Communication per step and rank: .* \| (\{.*\})")
+FINGERPRINT = re.compile(r"FCCO state identical on all 2 ranks (.+?) \(fingerprint (\w+)\)")
+
+
+def _rank_env():
+    return dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", PYTHONUNBUFFERED="1")
+
+
+@pytest.fixture(scope="module")
+def ddp_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    # fork: the ranks inherit the imported modules instead of re-importing open_clip (slow).
+    mp.start_processes(cases.run_ddp_rank, args=(str(out / "init"), str(out)),
+                       nprocs=cases.WORLD_SIZE, start_method="fork")
+    return [torch.load(out / f"rank{r}.pt") for r in range(cases.WORLD_SIZE)]
+
+
+@pytest.fixture(scope="module")
+def horovod_ranks(tmp_path_factory):
+    try:
+        importlib.import_module("horovod.torch")
+    except ImportError as error:
+        pytest.skip(f"horovod.torch cannot be imported ({error}); `make horovod` builds it")
+    out = tmp_path_factory.mktemp("horovod")
+    horovodrun = Path(sysconfig.get_path("scripts")) / "horovodrun"
+    proc = subprocess.run([PYTHON, str(horovodrun), "-np", "2", "-H", "localhost:2", "--gloo",
+                           PYTHON, str(WORKER), str(out)], env=_rank_env(), cwd=out, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode == 0, f"horovodrun failed:\n{proc.stdout[-6000:]}"
+    return [torch.load(out / f"rank{r}.pt") for r in range(cases.WORLD_SIZE)]
+
+
+@pytest.fixture(params=["ddp", "horovod"])
+def ranks(request):
+    return request.getfixturevalue(f"{request.param}_ranks")
+
+
+@pytest.fixture(scope="module")
+def references():
+    return {}
+
+
+def reference(references, key, compute):
+    if key not in references:
+        references[key] = compute()
+    return references[key]
+
+
+def relative_error(actual, expected):
+    """max|a - e| / max|e| over finite entries; non-finite entries (u never seen) must agree."""
+    finite = torch.isfinite(expected)
+    assert torch.equal(finite, torch.isfinite(actual))
+    assert torch.equal(actual[~finite], expected[~finite])
+    if not finite.any():
+        return 0.0
+    scale = expected[finite].abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
+    return float((actual[finite] - expected[finite]).abs().max() / scale)
+
+
+def assert_gradients_close(actual, expected, tolerance):
+    assert actual.keys() == expected.keys()
+    errors = {name: relative_error(actual[name], expected[name]) for name in expected}
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= tolerance, f"{worst}: relative error {errors[worst]:.2e}"
+
+
+def assert_state_close(actual, expected, tolerance):
+    for column in range(expected.shape[1]):   # per column: log u, τ and moments differ in scale
+        error = relative_error(actual[:, column], expected[:, column])
+        assert error <= tolerance, f"state column {column}: relative error {error:.2e}"
+
+
+# ---- equivalence with one process ----------------------------------------------------------
+@pytest.mark.parametrize("dtype", cases.DTYPES, ids=str)
+@pytest.mark.parametrize("version", cases.VERSIONS)
+def test_fastclip_step_on_two_ranks_equals_one_rank(ranks, references, version, dtype):
+    expected = reference(references, (version, dtype), lambda: cases.reference_step(dtype, version))
+    for rank in ranks:
+        result = rank[f"step/{version}/{dtype}"]
+        assert_gradients_close(result["grads"], expected["grads"], TOLERANCE[dtype])
+        assert_state_close(result["state"], expected["state"], TOLERANCE[dtype])
+        touched = torch.isfinite(result["state"][:, 0]).sum()
+        assert touched == cases.WORLD_SIZE * cases.LOCAL_BATCH   # the whole global batch
+    torch.testing.assert_close(ranks[0][f"step/{version}/{dtype}"]["state"],
+                               ranks[1][f"step/{version}/{dtype}"]["state"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", cases.DTYPES, ids=str)
+def test_openclip_baseline_on_two_ranks_equals_one_rank(ddp_ranks, references, dtype):
+    expected = reference(references, ("baseline", dtype), lambda: cases.reference_step(dtype))
+    for rank in ddp_ranks:
+        assert_gradients_close(rank[f"baseline/{dtype}"]["grads"], expected["grads"],
+                               TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", cases.DTYPES, ids=str)
+def test_openclip_baseline_under_horovod_averages_the_gathered_gradient(horovod_ranks,
+                                                                        references, dtype):
+    """Upstream behaviour, pinned: under --horovod the baseline does NOT equal one process, since
+    hvd.allgather's backward averages what torch.distributed.nn.all_gather's sums."""
+    expected = reference(references, ("horovod baseline", dtype),
+                         lambda: cases.reference_horovod_baseline(dtype))
+    one_process = reference(references, ("baseline", dtype), lambda: cases.reference_step(dtype))
+    for rank in horovod_ranks:
+        grads = rank[f"baseline/{dtype}"]["grads"]
+        assert_gradients_close(grads, expected["grads"], TOLERANCE[dtype])
+        with pytest.raises(AssertionError):
+            assert_gradients_close(grads, one_process["grads"], 1e-2)
+
+
+@pytest.mark.parametrize("version", cases.THREE_STEP_VERSIONS)
+def test_three_steps_keep_fcco_state_identical_on_every_rank(ranks, references, version):
+    expected = reference(references, ("three", version),
+                         lambda: cases.reference_three_steps(version))
+    first, second = (rank[f"three_steps/{version}"] for rank in ranks)
+    for step, (a, b, e) in enumerate(zip(first["states"], second["states"], expected)):
+        assert torch.equal(a, b), f"replicas differ after step {step}"
+        assert_state_close(a, e, 1e-4)   # AdamW steps on float32 weights; still the same run
+    assert first["fingerprints"] == second["fingerprints"]
+    for rank in (first, second):   # an altered replica is reported on every rank
+        assert "altered replica differs between ranks" in rank["caught"]
+
+
+# ---- bytes sent per step ---------------------------------------------------------------------
+def fastclip_loss_bytes(version, itemsize):
+    """(K-1) x [stacked b x d image and text features + b rows of float64 id and state]."""
+    b, d = cases.LOCAL_BATCH, 64
+    rows = 1 + cases.fastclip_loss(version, torch.float64, None).state.values.shape[1]
+    rows += 2 if version == "v2" else 0   # the τ each anchor used, for the negative part
+    return (cases.WORLD_SIZE - 1) * (2 * b * d * itemsize + b * rows * 8)
+
+
+def baseline_loss_bytes(backend, feature_bytes):
+    """What --local-loss --gather-with-grad sends for the image and text features (K = 2)."""
+    if backend == "ddp":   # forward all_gather; backward on gloo: K scatters, one as root
+        return {("loss", "all_gather"): 2 * feature_bytes, ("loss", "scatter"): 2 * feature_bytes}
+    # Horovod: allgather; backward allreduces the K·b x d gradient and allgathers an int32 count
+    return {("loss", "all_gather"): 2 * feature_bytes + 2 * 4,
+            ("loss", "all_reduce"): 2 * cases.WORLD_SIZE * feature_bytes}
+
+
+def test_bytes_sent_per_step_are_counted(ranks):
+    feature_bytes = cases.LOCAL_BATCH * 64 * 4   # one b x d float32 feature matrix
+    for rank in ranks:
+        for version in cases.VERSIONS:
+            step = rank[f"step/{version}/{torch.float32}"]
+            loss_calls = {k: n for k, n in step["calls"].items() if k[0] == "loss"}
+            assert loss_calls == {("loss", "all_gather"): 2}   # features, then scalars + ids
+            assert step["sent"][("loss", "all_gather")] == fastclip_loss_bytes(version, 4)
+            assert step["sent"][("gradients", "all_reduce")] == step["trainable_bytes"]
+        baseline = rank[f"baseline/{torch.float32}"]
+        loss_sent = {k: v for k, v in baseline["sent"].items() if k[0] == "loss"}
+        assert loss_sent == baseline_loss_bytes(rank["backend"], feature_bytes)
+        assert baseline["sent"][("gradients", "all_reduce")] == baseline["trainable_bytes"]
