@@ -14,7 +14,7 @@ SETUP_STAMP := $(VENV)/.setup-done
 PATCH_STAMP := build/.installed-open-clip
 
 .PHONY: help setup horovod patch refresh-patches check-patches test test-fast test-upstream clean \
-        eval eval-imagenet report
+        eval eval-imagenet report bench bench-comm demo
 
 help:
 	@echo "make setup           venv with pinned torch, deps and Horovod (Gloo, CPU)"
@@ -23,6 +23,9 @@ help:
 	@echo "make check-patches   apply from scratch and prove patches/ is current"
 	@echo "make test            setup + patch + check-patches + pytest (what CI runs)"
 	@echo "make test-upstream   OpenCLIP's heavier offline training tests against the patched tree"
+	@echo "make demo            OpenCLIP vs FastCLIP-v3 vs SigLIP on Twemoji, tiny model, CPU (DEMO_QUICK=1: fast)"
+	@echo "make bench           FastCLIP's cost vs the OpenCLIP baseline (step time, bytes, memory, quality)"
+	@echo "make bench-comm      bytes sent per step, FastCLIP-v3 vs OpenCLIP, 2 gloo ranks"
 	@echo "make eval CKPT=.. DATA=..  DataComp 38-task eval of checkpoint(s) on local wds sets"
 	@echo "make eval-imagenet CKPT=.. IMAGENET_VAL=..  ImageNet & variants zero-shot"
 	@echo "make report RUNS='a=logs/x b=logs/y' OUT=..  markdown table + plots"
@@ -70,6 +73,13 @@ test-fast:
 test-upstream: setup patch
 	cd build/open_clip && ../../$(PY) -m pytest -q tests/test_training_simple.py::test_training tests/test_training_simple.py::test_training_unfreezing_vit \
 	  $(PYTEST_ARGS)
+
+# ---- benchmarks (ratios against the baseline measured in the same run) -------------------
+bench: setup patch
+	$(PY) tools/bench.py $(BENCH_ARGS)
+
+bench-comm: setup patch
+	$(PY) tools/bench_comm.py
 
 # ---- evaluation (local data only; see README "Evaluation") ------------------------------
 CKPT ?=

@@ -36,6 +36,17 @@ def set_rng_state(state):
     random.setstate(state["python"])
 
 
+def seed_rank_streams(seed, rank, epoch):
+    """Distinct, reproducible RNG streams per rank for a resumed multi-process run.
+
+    A checkpoint is written by rank 0 and carries only its streams; restoring them on every
+    rank would give all ranks the same augmentations, so each rank reseeds instead."""
+    value = seed + rank + 100_003 * epoch
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
 def fastclip_entry(args, loss, scheduler):
     """What a FastCLIP run adds to its checkpoint (references to the live state, no copies)."""
     entry = {"format": FORMAT_VERSION, "version": args.fastclip_version,

@@ -103,13 +103,6 @@ class HorovodComm(_CountingComm):
             return self._hvd.allgather(tensor, name=name)
 
 
-def default_comm():
-    """TorchDistributedComm when a process group with several ranks is up, else LocalComm."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return TorchDistributedComm()
-    return LocalComm()
-
-
 def create_comm(args, meter=None):
     """The backend OpenCLIP's flags chose: ``--horovod``, else torch.distributed when the trainer
     initialised a process group (torchrun / SLURM), else one process."""

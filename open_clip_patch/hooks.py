@@ -70,6 +70,7 @@ def on_resume(args, checkpoint_dict):
         return
     entry = checkpoint_dict.get(checkpoint.CHECKPOINT_KEY)
     args.fastclip_resume_entry = entry if checkpoint.check_entry(args, entry, args.resume) else None
+    args.fastclip_resume_epoch = checkpoint_dict["epoch"]
 
 
 def restore_state(args, loss, scheduler):
@@ -82,7 +83,10 @@ def restore_state(args, loss, scheduler):
     loss.load_state_dict(entry["loss"])
     if "scheduler" in entry and hasattr(scheduler, "load_state_dict"):
         scheduler.load_state_dict(entry["scheduler"])
-    checkpoint.set_rng_state(entry["rng"])
+    if args.world_size == 1:
+        checkpoint.set_rng_state(entry["rng"])  # bit-exact continuation
+    else:
+        checkpoint.seed_rank_streams(args.seed, args.rank, args.fastclip_resume_epoch)
     logging.info(f"FastCLIP state restored from {args.resume}")
 
 

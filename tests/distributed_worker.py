@@ -14,9 +14,9 @@ Horovod ranks run this file as a script (``horovodrun -np 2 -H localhost:2 --glo
 distributed_worker.py OUT_DIR``); torch.distributed ranks are forked by the test and call
 :func:`run_ddp_rank`.
 """
-import copy
 import os
 import sys
+from argparse import Namespace
 from datetime import timedelta
 
 import torch
@@ -24,7 +24,7 @@ import torch
 import open_clip_patch  # noqa: F401  (registers fastclip-tiny-vit)
 import open_clip
 from open_clip_patch.comm import (HorovodComm, LocalComm, ReplicaMismatch, TorchDistributedComm,
-                                  check_identical_across_ranks)
+                                  check_identical_across_ranks, create_comm)
 from open_clip_patch.losses import VERSIONS as LOSS_VERSIONS, FastCLIPLoss
 from open_clip_patch.traffic import (TrafficMeter, count_ddp_gradients, count_horovod_gradients,
                                      count_openclip_loss)
@@ -77,6 +77,11 @@ def gradients(model):
 
 
 # ---- backends: how a rank wraps the model and reduces gradients ----------------------------
+def comm_from_flags(meter=None, **flags):
+    """The communicator the trainer's hook would build for these OpenCLIP flags."""
+    return create_comm(Namespace(**{"horovod": False, "distributed": False, **flags}), meter)
+
+
 class DDPBackend:
     horovod = False
 
@@ -84,7 +89,9 @@ class DDPBackend:
         self.rank = torch.distributed.get_rank()
 
     def comm(self, meter):
-        return TorchDistributedComm(meter=meter)
+        comm = comm_from_flags(meter, distributed=True)
+        assert isinstance(comm, TorchDistributedComm) and comm.meter is meter, comm
+        return comm
 
     def wrap(self, model, meter, lr=0.0):
         ddp = torch.nn.parallel.DistributedDataParallel(model)
@@ -105,7 +112,9 @@ class HorovodBackend:
         self.rank = hvd.rank()
 
     def comm(self, meter):
-        return HorovodComm(meter=meter)
+        comm = comm_from_flags(meter, horovod=True, distributed=True)
+        assert isinstance(comm, HorovodComm) and comm.meter is meter, comm
+        return comm
 
     def wrap(self, model, meter, lr=0.0):
         optimizer = self.hvd.DistributedOptimizer(torch.optim.AdamW(model.parameters(), lr=lr),
@@ -185,9 +194,16 @@ def save(results, out_dir, rank):
 
 
 # ---- single-process references --------------------------------------------------------------
+def one_process_comm():
+    comm = comm_from_flags()
+    assert isinstance(comm, LocalComm), comm
+    return comm
+
+
 def reference_step(dtype, version=None):
     model = tiny_model(dtype, version)
-    loss_fn = openclip_loss(0, 1) if version is None else fastclip_loss(version, dtype, LocalComm())
+    loss_fn = openclip_loss(0, 1) if version is None else fastclip_loss(version, dtype,
+                                                                         one_process_comm())
     forward_backward(model, loss_fn, *global_batch(dtype=dtype))
     return {"grads": gradients(model),
             "state": None if version is None else loss_fn.state.values.clone()}
@@ -222,7 +238,7 @@ def reference_horovod_baseline(dtype):
 def reference_three_steps(version, steps=3):
     model = tiny_model(torch.float32, version)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    loss_fn = fastclip_loss(version, torch.float32, LocalComm())
+    loss_fn = fastclip_loss(version, torch.float32, one_process_comm())
     states = []
     for step in range(steps):
         loss_fn.gamma = 1.0 if step == 0 else 0.5

@@ -7,10 +7,7 @@ DDP) and once on Horovod (``horovodrun -np 2 -H localhost:2 --gloo``; skipped, w
 when horovod cannot be imported). Errors are measured per tensor as max|a - e| / max|e|.
 """
 import importlib
-import json
 import os
-import re
-import socket
 import subprocess
 import sysconfig
 from pathlib import Path
@@ -20,13 +17,11 @@ import torch
 import torch.multiprocessing as mp
 
 import distributed_worker as cases
-from trainer_utils import PYTHON, base_flags, write_digits_csv
+from open_clip_patch.traffic import TrafficMeter
+from trainer_utils import PYTHON
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 WORKER = Path(cases.__file__)
-FIRST_STATE_COLUMNS = {"v1": 2, "v2": 8, "v3": 2}   # log u (+ τ and its Adam moments for v2)
-COMM_LINE = re.compile(r"Communication per step and rank: .* \| (\{.*\})")
-FINGERPRINT = re.compile(r"FCCO state identical on all 2 ranks (.+?) \(fingerprint (\w+)\)")
 
 
 def _rank_env():
@@ -68,8 +63,14 @@ def references():
 
 
 def reference(references, key, compute):
+    """Computed once per module, on one thread: a busy 2-core machine makes OpenMP crawl."""
     if key not in references:
-        references[key] = compute()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            references[key] = compute()
+        finally:
+            torch.set_num_threads(threads)
     return references[key]
 
 
@@ -179,3 +180,24 @@ def test_bytes_sent_per_step_are_counted(ranks):
         loss_sent = {k: v for k, v in baseline["sent"].items() if k[0] == "loss"}
         assert loss_sent == baseline_loss_bytes(rank["backend"], feature_bytes)
         assert baseline["sent"][("gradients", "all_reduce")] == baseline["trainable_bytes"]
+
+
+def test_traffic_meter_rules_and_per_epoch_summary():
+    meter = TrafficMeter(world_size=4)
+    hundred_bytes = torch.zeros(25, dtype=torch.float32)
+    quarter = torch.zeros(25, dtype=torch.uint8)
+    for _ in range(2):   # two steps
+        meter.all_gather("loss", hundred_bytes)                      # 3 peers x 100
+        meter.scatter("loss", [quarter] * 4, src=1)                  # root: 3 chunks of 25
+        meter.scatter("loss", None, src=2)                           # not the root: nothing
+        meter.all_reduce("gradients", hundred_bytes)                 # ring: 2 x 3/4 x 100
+    meter.all_gather("replica_check", torch.zeros(1, dtype=torch.float64))
+    summary = meter.epoch_summary(steps=2)
+    assert summary["loss_bytes_per_step"] == 300 + 75
+    assert summary["loss_collectives_per_step"] == {"all_gather": 1, "scatter": 2}
+    assert summary["gradients_bytes_per_step"] == 150
+    assert summary["total_bytes_per_step"] == 525
+    assert summary["other_bytes_in_epoch"] == {"replica_check": 24}
+    meter.reduce_scatter("loss", hundred_bytes)                      # next epoch only
+    later = meter.epoch_summary(steps=1)
+    assert later["loss_bytes_per_step"] == 300 and later["gradients_bytes_per_step"] == 0
