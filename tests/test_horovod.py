@@ -3,7 +3,7 @@
 Launches `horovodrun -np 2 -H localhost:2 --gloo` (from the venv running pytest) on
 tests/horovod_worker.py; each rank writes its results to a JSON file, checked here
 against the values each rank started from.  Skipped, with the reason, when horovod is
-not installed (`make horovod` builds it; it is not part of `make setup`).
+not installed (`make horovod`, part of `make setup`, builds it).
 """
 
 import importlib.util
