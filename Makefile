@@ -43,7 +43,8 @@ setup: $(SETUP_STAMP)
 	$(MAKE) horovod
 
 horovod: $(SETUP_STAMP)
-	VENV=$(VENV) bash tools/build_horovod.sh
+	# make's own MAKEFLAGS (e.g. "w") would stop the script from choosing -j<cores> for cmake's make
+	env -u MAKEFLAGS VENV=$(VENV) bash tools/build_horovod.sh
 
 # ---- patch set ---------------------------------------------------------------------------
 patch: $(SETUP_STAMP)
