@@ -24,7 +24,8 @@ from pathlib import Path
 
 from eval.classification import evaluate_wds_classification
 from eval.model import add_model_args, default_output_dir, model_from_args
-from eval.results import format_summary, mean_headline, read_records, task_record, write_results
+from eval.results import (mean_headline, publish, read_records, run_cli,
+                          task_record)
 from eval.retrieval import evaluate_retrieval, open_retrieval_set
 from eval.tasks import GROUPS, TASKS_BY_KEY, select_tasks
 from eval.winogavil import evaluate_winogavil
@@ -176,14 +177,8 @@ def main(argv=None):
         output_dir = args.output_dir or default_output_dir(args.checkpoint)
         records, info = run_checkpoint(args, tasks, output_dir)
         summary = aggregate(records, keys, args.allow_missing, info)
-    path = write_results(output_dir, "datacomp", records, summary)
-    print("\n".join(format_summary(summary)))
-    print(f"wrote {path}")
-    return summary
+    return publish(output_dir, "datacomp", records, summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (MissingTasksError, FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}")
+    run_cli(main, MissingTasksError, FileNotFoundError, ValueError)

@@ -31,7 +31,7 @@ from torchvision.datasets import ImageFolder
 
 from eval.classification import evaluate_classification, open_wds_classification
 from eval.model import add_model_args, default_output_dir, model_from_args
-from eval.results import format_summary, mean_headline, task_record, write_results
+from eval.results import mean_headline, publish, run_cli, task_record
 from eval.tasks import GROUPS, TASKS_BY_KEY
 from eval.wds_sets import is_wds_set
 
@@ -158,15 +158,9 @@ def main(argv=None):
     evm = model_from_args(args)
     records = evaluate_variants(evm, paths, args.batch_size, args.workers)
     summary = summarize(records, evm.info)
-    path = write_results(args.output_dir or default_output_dir(args.checkpoint), "imagenet",
-                         records, summary)
-    print("\n".join(format_summary(summary)))
-    print(f"wrote {path}")
-    return summary
+    return publish(args.output_dir or default_output_dir(args.checkpoint), "imagenet", records,
+                   summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, LookupError) as error:
-        raise SystemExit(f"error: {error}")
+    run_cli(main, FileNotFoundError, ValueError, LookupError)

@@ -71,3 +71,19 @@ def format_summary(summary):
         lines.append(f"PARTIAL RESULT: missing {len(summary['missing'])} task(s): "
                      + ", ".join(summary["missing"]))
     return lines
+
+
+def publish(output_dir, suite, records, summary):
+    """Write the results, print the summary and where it went; return the summary."""
+    path = write_results(output_dir, suite, records, summary)
+    print("\n".join(format_summary(summary)))
+    print(f"wrote {path}")
+    return summary
+
+
+def run_cli(main, *expected_errors):
+    """Run a CLI's main(); the errors a user can cause end it with one ``error:`` line."""
+    try:
+        main()
+    except expected_errors as error:
+        raise SystemExit(f"error: {error}")

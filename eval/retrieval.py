@@ -25,7 +25,7 @@ from clip_benchmark.metrics import zeroshot_retrieval as zsr
 from PIL import Image
 
 from eval.model import add_model_args, default_output_dir, model_from_args
-from eval.results import format_summary, task_record, write_results
+from eval.results import publish, run_cli, task_record
 from eval.wds_sets import is_wds_set
 
 
@@ -111,14 +111,8 @@ def main(argv=None):
     summary = {"suite": "retrieval", "info": evm.info, "headline": headline,
                "tasks": {name: record["main_metric"]}, "partial": False, "missing": []}
     output_dir = args.output_dir or default_output_dir(args.checkpoint)
-    path = write_results(output_dir, "retrieval", [record], summary)
-    print("\n".join(format_summary(summary)))
-    print(f"wrote {path}")
-    return summary
+    return publish(output_dir, "retrieval", [record], summary)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"error: {error}")
+    run_cli(main, FileNotFoundError, ValueError)
