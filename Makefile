@@ -75,6 +75,11 @@ test-upstream: setup patch
 	cd build/open_clip && ../../$(PY) -m pytest -q tests/test_training_simple.py::test_training tests/test_training_simple.py::test_training_unfreezing_vit \
 	  $(PYTEST_ARGS)
 
+# ---- demo ----------------------------------------------------------------------------------
+# DEMO_QUICK=1 (or DEMO_ARGS=--quick): the digits fallback, two short epochs
+demo: setup patch
+	bash run_scripts/demo.sh $(DEMO_ARGS)
+
 # ---- benchmarks (ratios against the baseline measured in the same run) -------------------
 bench: setup patch
 	$(PY) tools/bench.py $(BENCH_ARGS)
