@@ -12,6 +12,7 @@ zero-shot category top-1. The driver prints a side-by-side table and writes
     python -m eval.demo --quick               # digits, 2 short epochs: for tests (DEMO_QUICK=1)
     python -m eval.demo --methods openclip,fastclip-v3          # a subset
     python -m eval.demo --skip-training       # re-evaluate existing runs, rewrite the report
+    python -m eval.demo --seed 1 --out build/demo-seed1         # a repeat with another seed
     python -m eval.demo tune --jobs 2         # the tuning grids, scored on val_retrieval only
 
 Files under ``--out`` (default build/demo): ``data/`` (demo data), ``runs/<method>/`` (OpenCLIP
@@ -610,6 +611,7 @@ def parse_args(argv=None):
     parser.add_argument("--source", choices=("auto", "twemoji", "digits"), default=None,
                         help="demo data source (default: auto; digits with --quick)")
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs")
+    parser.add_argument("--seed", type=int, default=None, help="override the seed (repeats)")
     parser.add_argument("--skip-training", action="store_true",
                         help="evaluate the existing runs under --out/runs and rewrite the report")
     parser.add_argument("--jobs", type=int, default=1, help="tune: trainers run at once")
@@ -623,6 +625,8 @@ def settings_from_args(args):
         settings = replace(settings, source=args.source)
     if args.epochs:
         settings = replace(settings, epochs=args.epochs)
+    if args.seed is not None:
+        settings = replace(settings, seed=args.seed)
     return settings
 
 
