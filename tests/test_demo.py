@@ -166,3 +166,7 @@ def test_tuning_scores_on_the_validation_split_only(tmp_path, monkeypatch):
     assert result["val_mean_r1"] == records["val_retrieval"]["metrics"]["mean_recall@1"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         f"epoch_{demo.QUICK.epochs}.pt"]
+
+
+def test_majority_class_share_is_the_most_frequent_label():
+    assert demo.majority_class_share([(None, 2), (None, 2), (None, 0), (None, 2)]) == 0.75
