@@ -83,7 +83,8 @@ def log_moving_average(log_u_old: torch.Tensor, log_g: torch.Tensor, gamma: floa
     if gamma >= 1.0:
         return log_g.clone()
     mixed = torch.logaddexp(log_u_old + math.log1p(-gamma), log_g + math.log(gamma))
-    stale = ~torch.isfinite(log_u_old) | (log_u_old < LOG_U_RESET_BELOW)
+    # one comparison pair instead of isfinite's four ops: nan fails both, ±inf one of them
+    stale = ~((log_u_old >= LOG_U_RESET_BELOW) & (log_u_old < math.inf))
     return torch.where(stale, log_g, mixed)
 
 
@@ -127,6 +128,15 @@ class _Side:
     negative_sim: torch.Tensor  # (b, N) local negatives (rows) vs all anchors; grad → negatives
     logits: Optional[torch.Tensor] = None  # (b, N) dᵢⱼ/τᵢ, −inf on the positive
     log_g: Optional[torch.Tensor] = None    # (b,) detached
+
+
+def _weighted_sum(terms, coef, index):
+    """Σ coef·terms, with coef None (all ones), a scalar, or per-anchor values sliced by index."""
+    if coef is None:
+        return terms.sum()
+    if coef.dim() == 0:
+        return coef * terms.sum()
+    return (coef[index] * terms).sum()
 
 
 class FastCLIPLoss(nn.Module):
@@ -253,12 +263,14 @@ class FastCLIPLoss(nn.Module):
             batch = self._gather_batch(image_features, text_features, sample_ids)
             global_tau = None if self.individual_tau else self._global_tau(logit_scale, batch)
             old = self.state.unpack(self.state.read(batch.ids, batch.image.device,
-                                                    batch.image.dtype))
+                                                    batch.image.dtype, validated=True))
             sides = self._sides(batch, global_tau, old)
-            new_local, tau_grads = self._update_local_state(batch, sides, old)
+            new_local, tau_grads, log_eps_local = self._update_local_state(batch, sides, old)
             shared = self._share_state(batch, new_local, old)
-            surrogate = self._surrogate(batch, sides, global_tau, shared)
-            objective = self._objective_estimate(sides, global_tau, old, new_local)
+            log_eps_u = (log_eps_local if self.comm.world_size == 1 else
+                         {name: self._log_eps_plus(shared[f"log_u_{name}"]) for name in SIDES})
+            surrogate = self._surrogate(batch, sides, global_tau, shared, log_eps_u)
+            objective = self._objective_estimate(global_tau, old, log_eps_local)
         loss = surrogate + (objective - surrogate).detach()
         if not output_dict:
             return loss
@@ -277,6 +289,10 @@ class FastCLIPLoss(nn.Module):
         if dtype in (torch.float16, torch.bfloat16):
             dtype = torch.float32      # exact upcast; gathering first keeps the traffic small
         world = self.comm.world_size
+        if world == 1:   # nothing to gather: skip the copies (the loss runs every step)
+            image, text = image_features.to(dtype), text_features.to(dtype)
+            self._check_finite(torch.stack([image.detach(), text.detach()])[None])
+            return _Batch(image, text, image.detach(), text.detach(), ids, offset=0)
         stacked = torch.cat([image_features.detach(), text_features.detach().to(
             image_features.dtype)])
         gathered = self.comm.all_gather_no_grad(stacked).to(dtype)
@@ -311,10 +327,23 @@ class FastCLIPLoss(nn.Module):
         tau = 1.0 / scale
         return tau if self.learnable_global_tau else tau.detach()
 
+    @property
+    def single_block(self) -> bool:
+        """One process needs no anchor/negative split: one (b, b) block with the gradient live
+        through both modalities is the whole surrogate, so the negative part (a second matmul
+        and two more exp blocks) is skipped. Not when the reference mode must count τ twice."""
+        doubled_tau = self.learnable_global_tau and self.tau_grad == "reference"
+        return self.comm.world_size == 1 and not doubled_tau
+
     def _sides(self, batch: _Batch, global_tau, old) -> Dict[str, _Side]:
-        image_vs_all_text = batch.image @ batch.all_text.T   # (b, N), gradient → local images
-        text_vs_all_image = batch.text @ batch.all_image.T   # (b, N), gradient → local texts
-        positives = (batch.image * batch.text).sum(1, keepdim=True)   # live in both
+        if self.single_block:
+            image_vs_all_text = batch.image @ batch.text.T   # (b, b), gradient → both sides
+            text_vs_all_image = image_vs_all_text.T
+            positives = image_vs_all_text.diagonal()[:, None]
+        else:
+            image_vs_all_text = batch.image @ batch.all_text.T   # (b, N), gradient → local images
+            text_vs_all_image = batch.text @ batch.all_image.T   # (b, N), gradient → local texts
+            positives = (batch.image * batch.text).sum(1, keepdim=True)   # live in both
         mask = batch.positive_mask
         n_negatives = batch.global_size - 1
         sides = {}
@@ -328,18 +357,19 @@ class FastCLIPLoss(nn.Module):
 
     # ---------------------------------------------------------------- state updates
     def _update_local_state(self, batch: _Batch, sides, old):
-        """New state columns for the local ids (u, and τ with its moments for RGCL)."""
-        new = {}
-        tau_grads = {}
+        """New state columns for the local ids (u, and τ with its moments for RGCL), the
+        clipped τ gradients (RGCL) and log(ε+u) of the new u by side."""
+        new, tau_grads, log_eps_local = {}, {}, {}
         for name, side in sides.items():
             log_u = log_moving_average(old[f"log_u_{name}"], side.log_g, self.gamma)
             new[f"log_u_{name}"] = log_u
+            log_eps_local[name] = self._log_eps_plus(log_u)
             if self.individual_tau:
-                grad = rgcl_tau_gradient(side.logits.detach(), self._log_eps_plus(log_u),
+                grad = rgcl_tau_gradient(side.logits.detach(), log_eps_local[name],
                                          self.spec.rho, batch.positive_mask)
                 tau_grads[name] = grad.clamp(-TAU_GRAD_CLIP, TAU_GRAD_CLIP)
                 new.update(self._tau_step(name, tau_grads[name], old))
-        return new, tau_grads
+        return new, tau_grads, log_eps_local
 
     def _tau_step(self, name: str, grad, old) -> Dict[str, torch.Tensor]:
         spec, tau = self.spec, old[f"tau_{name}"]
@@ -359,6 +389,10 @@ class FastCLIPLoss(nn.Module):
     def _share_state(self, batch: _Batch, new_local, old) -> Dict[str, torch.Tensor]:
         """One all-gather of ids + new state (+ the τ used this step); write it everywhere."""
         local_rows = self.state.pack(new_local)
+        if self.comm.world_size == 1:
+            self.state.write(batch.ids, local_rows, validated=True)
+            used = {f"used_tau_{s}": old[f"tau_{s}"] for s in SIDES} if self.individual_tau else {}
+            return {**new_local, **used}
         packed = [batch.ids.to(device=local_rows.device, dtype=torch.float64)[:, None],
                   local_rows.to(torch.float64)]
         if self.individual_tau:   # the negative part needs each anchor's τ before its update
@@ -367,7 +401,7 @@ class FastCLIPLoss(nn.Module):
         columns = len(self.state.columns)
         global_ids = gathered[:, 0].round().long()
         global_rows = gathered[:, 1:1 + columns]
-        self.state.write(global_ids, global_rows)
+        self.state.write(global_ids, global_rows, validated=True)   # each rank checked its own
         shared = {k: v.to(batch.image.dtype) for k, v in self.state.unpack(global_rows).items()}
         if self.individual_tau:
             used = gathered[:, 1 + columns:].to(batch.image.dtype)
@@ -381,47 +415,45 @@ class FastCLIPLoss(nn.Module):
         return torch.logaddexp(log_u, torch.full_like(log_u, math.log(self.eps)))
 
     # -------------------------------------------------------------------- surrogate
-    def _surrogate(self, batch: _Batch, sides, global_tau, shared) -> torch.Tensor:
-        mask = batch.positive_mask
+    def _surrogate(self, batch: _Batch, sides, global_tau, shared, log_eps_u) -> torch.Tensor:
+        """log_eps_u: log(ε+u) by side for the whole global batch (N,), after this step's update."""
         n_negatives = batch.global_size - 1
         local = slice(batch.offset, batch.offset + batch.local_size)
-        all_positives = (batch.all_image * batch.all_text).sum(1)          # (N,), constants
+        all_positives = None if self.single_block else (batch.all_image * batch.all_text).sum(1)
         total = 0.0
         for name, side in sides.items():
-            log_eps_u = self._log_eps_plus(shared[f"log_u_{name}"])            # (N,)
-            anchor_coef, negative_coef, negative_tau = self._side_coefficients(
-                name, global_tau, shared)
-            anchor_terms = torch.exp(side.logits - log_eps_u[local, None])
-            anchor_part = (anchor_coef[local] * anchor_terms.sum(1)).sum()
-            # Columns are anchors k of this side, rows the local negatives; all but them is fixed.
-            negative_logits = (side.negative_sim - all_positives[None, :]) / negative_tau
-            negative_terms = torch.exp(negative_logits.masked_fill(mask, -math.inf)
-                                       - log_eps_u[None, :])
-            negative_part = (negative_coef * negative_terms.sum(0)).sum()
-            total = total + (anchor_part + negative_part) / (n_negatives * batch.local_size)
+            coef, negative_tau = self._side_coefficients(name, global_tau, shared)
+            anchor_terms = torch.exp(side.logits - log_eps_u[name][local, None]).sum(1)
+            parts = _weighted_sum(anchor_terms, coef, local)
+            if not self.single_block:
+                # Columns are anchors k of this side, rows the local negatives; all but them is
+                # fixed (the anchors' features, positives, u and τ).
+                negative_logits = (side.negative_sim - all_positives[None, :]) / negative_tau
+                negative_terms = torch.exp(negative_logits.masked_fill(
+                    batch.positive_mask, -math.inf) - log_eps_u[name][None, :]).sum(0)
+                parts = parts + _weighted_sum(negative_terms, coef, slice(None))
+            total = total + parts / (n_negatives * batch.local_size)
         if self.spec.objective == "RGCL-g":
-            log_eps_u_local = sum(self._log_eps_plus(shared[f"log_u_{s}"][local]) for s in SIDES)
+            log_eps_u_local = log_eps_u["image"][local] + log_eps_u["text"][local]
             total = total + global_tau * (log_eps_u_local.mean() + 2 * self.spec.rho)
         return total
 
     def _side_coefficients(self, name, global_tau, shared):
-        """Per-anchor prefactors (N,) and the τ of the negative part for one side."""
-        n = shared[f"log_u_{name}"].shape[0]
+        """Per-anchor prefactor (None for 1, a scalar or an (N,) tensor) and the τ of the
+        negative part for one side."""
         if self.individual_tau:
             tau = shared[f"used_tau_{name}"]
-            return tau, tau, tau[None, :]
+            return tau, tau[None, :]
         # exact: a global τ gets its gradient once, from the anchor part only.
         live_in_negatives = self.learnable_global_tau and self.tau_grad == "reference"
         negative_tau = global_tau if live_in_negatives else global_tau.detach()
-        coef = (global_tau.detach() if self.spec.objective == "RGCL-g"
-                else torch.ones((), dtype=global_tau.dtype, device=global_tau.device))
-        return coef.expand(n), coef.expand(n), negative_tau
+        coef = global_tau.detach() if self.spec.objective == "RGCL-g" else None
+        return coef, negative_tau
 
-    def _objective_estimate(self, sides, global_tau, old, new_local) -> torch.Tensor:
+    def _objective_estimate(self, global_tau, old, log_eps_local) -> torch.Tensor:
         """The objective with g→u on the local anchors (the value the loss reports)."""
         total = 0.0
-        for name in sides:
-            log_eps_u = self._log_eps_plus(new_local[f"log_u_{name}"])
+        for name, log_eps_u in log_eps_local.items():
             if self.spec.objective == "GCL":
                 total = total + log_eps_u.mean()
             elif self.spec.objective == "RGCL":

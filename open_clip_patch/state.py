@@ -62,15 +62,20 @@ class PerSampleState:
                 f"data_size must cover the dataset's whole id space")
         return ids
 
-    def read(self, ids: torch.Tensor, device=None, dtype=None) -> torch.Tensor:
-        """Rows of ``ids`` as a (len(ids), C) tensor, moved to ``device``/``dtype``."""
-        rows = self.values[self.validate_ids(ids)]
+    def read(self, ids: torch.Tensor, device=None, dtype=None, validated: bool = False):
+        """Rows of ``ids`` as a (len(ids), C) tensor, moved to ``device``/``dtype``.
+
+        ``validated=True`` skips the id check for ids that already came out of
+        :meth:`validate_ids` (the loss checks each step's ids once, not per access).
+        """
+        rows = self.values[ids if validated else self.validate_ids(ids)]
         return rows.to(device=device if device is not None else self.device,
                        dtype=dtype if dtype is not None else self.dtype)
 
-    def write(self, ids: torch.Tensor, rows: torch.Tensor) -> None:
+    def write(self, ids: torch.Tensor, rows: torch.Tensor, validated: bool = False) -> None:
         """Overwrite the rows of ``ids``; ``rows`` may live on any device/dtype."""
-        ids = self.validate_ids(ids)
+        if not validated:
+            ids = self.validate_ids(ids)
         if rows.shape != (ids.numel(), len(self.columns)):
             raise ValueError(f"expected rows of shape {(ids.numel(), len(self.columns))}, "
                              f"got {tuple(rows.shape)}")

@@ -468,3 +468,25 @@ def test_configuration_is_validated_and_described():
     assert "tau_grad=reference" in FastCLIPLoss("v0", 10, tau_grad="reference").describe()
     assert FastCLIPLoss("v2", 1000).nbytes() == 1000 * 8 * 4     # u, τ, m, v per side, float32
     assert FastCLIPLoss("v1", 1000).nbytes() == 1000 * 2 * 4
+
+
+@pytest.mark.parametrize("version", ["v0", "v1", "v2", "isogclr", "v3"])
+def test_one_process_single_block_equals_the_anchor_negative_split(version, monkeypatch):
+    """The one-process fast path (one (b, b) block, no negative part) against the split that
+    distributed runs use, forced at world size 1: same gradients, values and state."""
+    assert make_loss(version).single_block
+    split_loss, fast_loss = make_loss(version), make_loss(version)
+    results = {}
+    for name, loss in (("fast", fast_loss), ("split", split_loss)):
+        if name == "split":
+            monkeypatch.setattr(FastCLIPLoss, "single_block", property(lambda self: False))
+        outs = []
+        for step, gamma in enumerate([1.0, 0.6]):
+            loss.gamma = gamma
+            loss.set_epoch(step)
+            out, g_img, g_txt, g_theta = loss_gradients(loss, IMG.roll(step, 0), TXT, THETA, IDS)
+            outs += [out["contrastive_loss"].detach(), g_img, g_txt,
+                     g_theta if g_theta is not None else torch.zeros(())]
+        results[name] = outs + [loss.state.values.nan_to_num(neginf=0.0)]
+    for fast, split in zip(results["fast"], results["split"]):
+        assert_close(fast, split, tol=1e-13)
