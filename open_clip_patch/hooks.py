@@ -118,6 +118,11 @@ def wds_tar_stage(args, tarfile_to_samples):
     return partial(tarfile_to_samples, handler=data_counters(args).count_shard_error)
 
 
+def wds_sample_shuffle(args, bufsize, initial, epoch):
+    """The training sample shuffle, seeded by --seed (all runs, baseline included)."""
+    return indexing.SeededSampleShuffle(bufsize, initial, args.seed, args.rank, epoch)
+
+
 def wds_to_tuple(args, is_train):
     """The pipeline's last per-sample stages: (image, text) or (image, text, sample_id)."""
     import webdataset as wds

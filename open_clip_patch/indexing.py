@@ -9,8 +9,10 @@ import json
 import logging
 import multiprocessing
 import os
+import random
 import re
 
+import torch
 from torch.utils.data import Dataset
 
 IMG2DATASET_SHARD_STRIDE = 10_000  # img2dataset's default number_sample_per_shard
@@ -92,6 +94,30 @@ class WdsSampleId:
             DataCounters._add(self.counters.invalid_ids)
         logging.warning("Skipping: " + message)
         return None  # webdataset's map drops None
+
+
+class SeededSampleShuffle:
+    """webdataset stage: the sample shuffle buffer, seeded by (seed, rank, worker, epoch).
+
+    webdataset's own ``shuffle`` seeds from the clock and the pid, so two runs with the same
+    --seed saw different data orders (and a resumed run a different order than an uninterrupted
+    one). Each rank and worker shuffles its own shard stream, so they get their own seeds.
+    ``epoch`` is OpenCLIP's SharedEpoch (read when each pass starts) or an int.
+    """
+
+    def __init__(self, bufsize, initial, seed, rank, epoch):
+        self.bufsize, self.initial = bufsize, initial
+        self.seed, self.rank, self.epoch = seed, rank, epoch
+
+    def current_epoch(self):
+        return self.epoch.get_value() if hasattr(self.epoch, "get_value") else int(self.epoch)
+
+    def __call__(self, src):
+        from webdataset.filters import _shuffle
+
+        worker = torch.utils.data.get_worker_info()
+        key = f"{self.seed}:{self.rank}:{worker.id if worker else 0}:{self.current_epoch()}"
+        return _shuffle(src, self.bufsize, self.initial, random.Random(key))
 
 
 def id_space_of_shards(shard_paths):
