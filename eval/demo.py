@@ -98,7 +98,13 @@ METHODS = {
     "siglip": Method(
         "SigLIP", tuned=dict(lr=1e-3, temperature=0.03),
         grid=dict(lr=[1e-3, 2e-3], temperature=[0.1, 0.03])),
+    # Not in the default demo: GCL with a constant τ, for the regime study (see the record).
+    "fastclip-v1": Method(
+        "FastCLIP-v1", tuned=dict(lr=1e-3, gamma_min=0.8),
+        grid=dict(lr=[1e-3, 2e-3], gamma_min=[0.2, 0.8]),
+        fixed=dict(temperature=0.03)),
 }
+DEFAULT_METHODS = ("openclip", "fastclip-v3", "siglip")
 
 
 def method_flags(name, hyper, id_space):
@@ -115,6 +121,10 @@ def method_flags(name, hyper, id_space):
             "--rho", str(params["rho"]), "--temperature", str(params["temperature"]),
             "--gamma-min", str(params["gamma_min"]), "--lr-tau", str(params["lr_tau"]),
             "--tau-grad", params["tau_grad"]]
+    if name == "fastclip-v1":
+        return flags + [
+            "--fastclip", "--fastclip-version", "v1", "--data-size", str(id_space),
+            "--temperature", str(params["temperature"]), "--gamma-min", str(params["gamma_min"])]
     raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
 
 
@@ -642,12 +652,15 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         default=os.environ.get("DEMO_QUICK", "") not in ("", "0"),
                         help="digits, 2 short epochs (also DEMO_QUICK=1)")
-    parser.add_argument("--methods", type=parse_methods, default=list(METHODS),
-                        help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--methods", type=parse_methods, default=list(DEFAULT_METHODS),
+                        help=f"comma-separated subset of {','.join(METHODS)} "
+                             f"(default {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--source", choices=("auto", "twemoji", "digits"), default=None,
                         help="demo data source (default: auto; digits with --quick)")
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs")
     parser.add_argument("--seed", type=int, default=None, help="override the seed (repeats)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override the global batch (regime studies)")
     parser.add_argument("--skip-training", action="store_true",
                         help="evaluate the existing runs under --out/runs and rewrite the report")
     parser.add_argument("--jobs", type=int, default=1, help="tune: trainers run at once")
@@ -663,6 +676,8 @@ def settings_from_args(args):
         settings = replace(settings, epochs=args.epochs)
     if args.seed is not None:
         settings = replace(settings, seed=args.seed)
+    if args.batch_size:
+        settings = replace(settings, batch_size=args.batch_size)
     return settings
 
 
