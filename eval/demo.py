@@ -246,31 +246,6 @@ class EvalSets:
         return self._cache[name]
 
 
-def load_demo_model(checkpoint, samples_per_epoch=None):
-    """eval.model.load_model, plus SigLIP checkpoints (eval/model.py cannot load those yet).
-
-    A SigLIP model has a ``logit_bias`` parameter that a CLIP model lacks, so OpenCLIP must be
-    asked for one before the checkpoint is loaded; its value comes from the checkpoint. The
-    metrics use only the encoders, so scale and bias do not change them.
-    """
-    import torch
-
-    from eval.model import EvalModel, checkpoint_info, load_model
-
-    state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
-    weights = state.get("state_dict", state)
-    if not any(key.endswith("logit_bias") for key in weights):
-        return load_model(checkpoint, samples_per_epoch=samples_per_epoch)
-    import open_clip
-    import open_clip_patch  # noqa: F401  registers the tiny model's config
-
-    info = checkpoint_info(checkpoint, samples_per_epoch=samples_per_epoch)
-    model, _, transform = open_clip.create_model_and_transforms(
-        info["model"], pretrained=str(checkpoint), init_logit_bias=0.0)
-    model.eval()
-    return EvalModel(model, open_clip.get_tokenizer(info["model"]), transform, info=info)
-
-
 def majority_class_share(classification_set):
     """Top-1 of always answering the most frequent class: the floor a classifier must beat."""
     from collections import Counter
@@ -285,10 +260,11 @@ def evaluate_checkpoint(checkpoint, eval_sets, samples_per_epoch, output_dir):
     import io
 
     from eval.classification import evaluate_classification
+    from eval.model import load_model
     from eval.results import task_record, write_results
     from eval.retrieval import evaluate_retrieval
 
-    evm = load_demo_model(checkpoint, samples_per_epoch)
+    evm = load_model(checkpoint, samples_per_epoch=samples_per_epoch)
     records = []
     # clip_benchmark draws its own tqdm bars per batch; the driver's bars say enough.
     with contextlib.redirect_stderr(io.StringIO()):

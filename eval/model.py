@@ -59,15 +59,25 @@ def checkpoint_info(checkpoint, model_name=None, samples_per_epoch=None):
             "samples_seen": samples_seen}
 
 
+def has_logit_bias(checkpoint):
+    """True for checkpoints of sigmoid-loss (SigLIP) runs."""
+    state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
+    weights = state.get("state_dict", state) if isinstance(state, dict) else {}
+    return any(key.endswith("logit_bias") for key in weights)
+
+
 def load_model(checkpoint, model_name=None, device="cpu", amp=False, samples_per_epoch=None):
     """Build the model from an OpenCLIP checkpoint (keys may carry a "module." prefix)."""
     import open_clip
     import open_clip_patch  # noqa: F401  registers the overlay's model configs
 
     info = checkpoint_info(checkpoint, model_name, samples_per_epoch)
+    # A SigLIP (--siglip) run's model has a logit_bias a CLIP model lacks: OpenCLIP must be
+    # asked for one before the weights load (its value then comes from the checkpoint).
+    bias = {"init_logit_bias": 0.0} if has_logit_bias(checkpoint) else {}
     try:
         model, _, transform = open_clip.create_model_and_transforms(
-            info["model"], pretrained=str(checkpoint), device=device)
+            info["model"], pretrained=str(checkpoint), device=device, **bias)
     except RuntimeError as error:
         raise RuntimeError(f"cannot load {checkpoint} into model {info['model']!r}: {error}")
     model.eval()

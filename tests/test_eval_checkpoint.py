@@ -106,3 +106,19 @@ def test_module_prefixed_checkpoint_with_extra_state_loads(run_dir, tmp_path):
     with torch.no_grad():
         assert torch.equal(a.model.encode_text(tokens), b.model.encode_text(tokens))
     assert b.info["samples_seen"] == 100 and b.info["epoch"] == 1
+
+
+def test_siglip_checkpoint_loads_with_its_trained_bias(tmp_path):
+    """A --siglip run's model has a logit_bias a CLIP model lacks; load_model builds one and
+    takes every weight, the bias included, from the checkpoint."""
+    from open_clip_train.main import main as train
+
+    train(["--dataset-type", "synthetic", "--train-num-samples", "8", "--batch-size", "4",
+           "--epochs", "1", "--model", "fastclip-tiny-vit", "--logs", str(tmp_path), "--name",
+           "sig", "--workers", "0", "--device", "cpu", "--save-frequency", "1", "--siglip"])
+    checkpoint = tmp_path / "sig" / "checkpoints" / "epoch_1.pt"
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    saved = {k.removeprefix("module."): v for k, v in saved.items()}
+    loaded = load_model(checkpoint).model.state_dict()
+    assert "logit_bias" in saved and set(loaded) == set(saved)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
