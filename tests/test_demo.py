@@ -12,7 +12,7 @@ import pytest
 from eval import demo
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD_LABELS = {name: method.label for name, method in demo.METHODS.items()}
+METHOD_LABELS = {name: demo.METHODS[name].label for name in demo.DEFAULT_METHODS}
 
 
 @pytest.fixture(scope="module")
