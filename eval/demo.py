@@ -574,6 +574,18 @@ def tune_one(settings, manifest, tuning_dir, name, hyper, eval_sets, env):
     return {"method": name, "hyper": hyper, "wall_s": round(wall_s, 1), "run_dir": str(run_dir)}
 
 
+def previous_results(tuning_dir, settings):
+    """Scored grid points of an earlier ``tune`` with the same settings: kept, not retrained
+    (so a grid can grow, or an interrupted tuning resume). Other settings start afresh."""
+    path = Path(tuning_dir) / "tuning.json"
+    if not path.is_file():
+        return []
+    record = json.loads(path.read_text())
+    if record.get("settings") != json.loads(json.dumps(asdict(settings))):
+        return []
+    return [r for r in record["results"] if "val_mean_r1" in r]
+
+
 def run_tuning(out_dir, settings, names, jobs=1):
     """Each method's grid, scored by val_retrieval mean R@1 of the final checkpoint."""
     from tqdm import tqdm
@@ -585,8 +597,10 @@ def run_tuning(out_dir, settings, names, jobs=1):
     eval_sets = EvalSets(manifest["root"], (VAL_RETRIEVAL,))
     # Two trainers on two cores: one thread each, or they fight over the cores.
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if jobs > 1 else {})}
-    tasks = [(name, hyper) for name in names for hyper in grid_points(METHODS[name].grid)]
-    results = []
+    results = previous_results(tuning_dir, settings)
+    done = [(r["method"], r["hyper"]) for r in results]
+    tasks = [(name, hyper) for name in names for hyper in grid_points(METHODS[name].grid)
+             if (name, hyper) not in done]
     with ThreadPoolExecutor(max_workers=jobs) as pool, \
             tqdm(total=len(tasks), desc="tuning runs", unit="run") as bar:
         futures = [pool.submit(tune_one, settings, manifest, tuning_dir, name, hyper, eval_sets,
@@ -603,7 +617,8 @@ def run_tuning(out_dir, settings, names, jobs=1):
             (tuning_dir / "tuning.json").write_text(json.dumps(
                 {"settings": asdict(settings), "results": results}, indent=1) + "\n")
     for name in names:
-        own = [r for r in results if r["method"] == name]
+        own = [r for r in results
+               if r["method"] == name and r["hyper"] in grid_points(METHODS[name].grid)]
         best = max(own, key=lambda r: r["val_mean_r1"])
         rows = [[", ".join(f"{k} {v}" for k, v in r["hyper"].items()), pct(r["val_mean_r1"]),
                  "best" if r is best else ""] for r in own]

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,25 @@ def test_tuning_scores_on_the_validation_split_only(tmp_path, monkeypatch):
     assert result["val_mean_r1"] == records["val_retrieval"]["metrics"]["mean_recall@1"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         f"epoch_{demo.QUICK.epochs}.pt"]
+
+
+def test_tuning_keeps_scored_points_and_trains_only_new_ones(tmp_path, monkeypatch):
+    first = demo.Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
+                        grid=dict(lr=[1e-3], temperature=[0.07]))
+    monkeypatch.setitem(demo.METHODS, "openclip", first)
+    demo.run_tuning(tmp_path, demo.QUICK, ["openclip"])
+    kept, = json.loads((tmp_path / "tuning" / "tuning.json").read_text())["results"]
+    checkpoint = Path(kept["run_dir"]) / "checkpoints" / f"epoch_{demo.QUICK.epochs}.pt"
+    written = checkpoint.stat().st_mtime_ns
+    grown = demo.Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
+                        grid=dict(lr=[1e-3, 5e-4], temperature=[0.07]))
+    monkeypatch.setitem(demo.METHODS, "openclip", grown)
+    results = json.loads(demo.run_tuning(tmp_path, demo.QUICK, ["openclip"]).read_text())
+    assert [r["hyper"]["lr"] for r in results["results"]] == [1e-3, 5e-4]
+    assert results["results"][0] == kept and checkpoint.stat().st_mtime_ns == written
+    # other settings: nothing is reused
+    other = demo.previous_results(tmp_path / "tuning", replace(demo.QUICK, epochs=3))
+    assert other == []
 
 
 def test_majority_class_share_is_the_most_frequent_label():
