@@ -8,7 +8,7 @@ hyperparameters tuned per method (below) differ. Every epoch's checkpoint is eva
 zero-shot category top-1. The driver prints a side-by-side table and writes
 ``<out>/report.md`` and ``<out>/curves.png`` (metrics against samples seen).
 
-    python -m eval.demo                       # full demo: ~14 min on 2 CPU cores
+    python -m eval.demo                       # full demo: ~13 min on 2 CPU cores
     python -m eval.demo --quick               # digits, 2 short epochs: for tests (DEMO_QUICK=1)
     python -m eval.demo --methods openclip,fastclip-v3          # a subset
     python -m eval.demo --skip-training       # re-evaluate existing runs, rewrite the report

@@ -7,6 +7,7 @@
 #   DEMO_QUICK=1 bash run_scripts/demo.sh     # the same
 #   bash run_scripts/demo.sh --methods openclip,fastclip-v3 --out build/demo-two
 #   bash run_scripts/demo.sh tune --jobs 2    # re-run the tuning grids (validation split only)
+#   bash run_scripts/demo.sh --batch-size 32 --methods openclip,fastclip-v3,fastclip-v1  # regime
 # Environment: PYTHON (default: the repository's .venv python, else python from PATH),
 # OMP_NUM_THREADS (default 2: the demo is sized for two cores). Flags go to eval/demo.py.
 set -euo pipefail
