@@ -119,8 +119,10 @@ def wds_tar_stage(args, tarfile_to_samples):
 
 
 def wds_sample_shuffle(args, bufsize, initial, epoch):
-    """The training sample shuffle, seeded by --seed (all runs, baseline included)."""
-    return indexing.SeededSampleShuffle(bufsize, initial, args.seed, args.rank, epoch)
+    """The training sample shuffle, seeded by --seed (all runs, baseline included). Callers
+    that build args by hand (OpenCLIP's own data tests) may lack seed and rank."""
+    return indexing.SeededSampleShuffle(bufsize, initial, getattr(args, "seed", 0),
+                                        getattr(args, "rank", 0), epoch)
 
 
 def wds_to_tuple(args, is_train):
