@@ -14,6 +14,7 @@ zero-shot category top-1. The driver prints a side-by-side table and writes
     python -m eval.demo --skip-training       # re-evaluate existing runs, rewrite the report
     python -m eval.demo --seed 1 --out build/demo-seed1         # a repeat with another seed
     python -m eval.demo tune --jobs 2         # the tuning grids, scored on val_retrieval only
+    python -m eval.demo --batch-size 32 --methods openclip,fastclip-v3,fastclip-v1  # a regime
 
 Files under ``--out`` (default build/demo): ``data/`` (demo data), ``runs/<method>/`` (OpenCLIP
 run dirs: params.txt, out.log, checkpoints/epoch_N.pt, eval/epoch_N/demo_{results.jsonl,
