@@ -24,8 +24,7 @@ from pathlib import Path
 
 from eval.classification import evaluate_wds_classification
 from eval.model import add_model_args, default_output_dir, model_from_args
-from eval.results import (mean_headline, publish, read_records, run_cli,
-                          task_record)
+from eval.results import mean_headline, publish, read_records, run_cli, task_record
 from eval.retrieval import evaluate_retrieval, open_retrieval_set
 from eval.tasks import GROUPS, TASKS_BY_KEY, select_tasks
 from eval.winogavil import evaluate_winogavil

@@ -535,9 +535,10 @@ def run_demo(out_dir, settings, names, skip_training=False, show_progress=True):
     for name in names:
         label, run_dir = METHODS[name].label, runs_dir / name
         if skip_training:
-            if not read_train_record(run_dir):
+            record = read_train_record(run_dir)
+            if not record:
                 raise FileNotFoundError(f"--skip-training: no {run_dir}/train.json; train first")
-            samples_per_epoch = read_train_record(run_dir)["samples_per_epoch"]
+            samples_per_epoch = record["samples_per_epoch"]
         else:
             flags = method_flags(name, METHODS[name].tuned, manifest["train"]["id_space"])
             command = trainer_command(settings, manifest, flags, runs_dir, name)
@@ -625,8 +626,8 @@ def run_tuning(out_dir, settings, names, jobs=1):
             (tuning_dir / "tuning.json").write_text(json.dumps(
                 {"settings": asdict(settings), "results": results}, indent=1) + "\n")
     for name in names:
-        own = [r for r in results
-               if r["method"] == name and r["hyper"] in grid_points(METHODS[name].grid)]
+        grid = grid_points(METHODS[name].grid)
+        own = [r for r in results if r["method"] == name and r["hyper"] in grid]
         best = max(own, key=lambda r: r["val_mean_r1"])
         rows = [[", ".join(f"{k} {v}" for k, v in r["hyper"].items()), pct(r["val_mean_r1"]),
                  "best" if r is best else ""] for r in own]

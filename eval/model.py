@@ -51,19 +51,15 @@ def checkpoint_info(checkpoint, model_name=None, samples_per_epoch=None):
         raise ValueError(f"no --model given and no 'model:' line in {run_dir / 'params.txt'}")
     state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
     epoch = state.get("epoch") if isinstance(state, dict) else None
+    weights = state.get("state_dict", state) if isinstance(state, dict) else {}
     if samples_per_epoch is None and params.get("train_num_samples", "None") != "None":
         samples_per_epoch = int(params["train_num_samples"])
     samples_seen = epoch * samples_per_epoch if epoch is not None and samples_per_epoch else None
     return {"checkpoint": str(checkpoint), "model": model_name,
             "run_name": params.get("name", run_dir.name), "epoch": epoch,
-            "samples_seen": samples_seen}
-
-
-def has_logit_bias(checkpoint):
-    """True for checkpoints of sigmoid-loss (SigLIP) runs."""
-    state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=True)
-    weights = state.get("state_dict", state) if isinstance(state, dict) else {}
-    return any(key.endswith("logit_bias") for key in weights)
+            "samples_seen": samples_seen,
+            # sigmoid-loss (SigLIP) runs carry a logit_bias that CLIP models lack
+            "logit_bias": any(key.endswith("logit_bias") for key in weights)}
 
 
 def load_model(checkpoint, model_name=None, device="cpu", amp=False, samples_per_epoch=None):
@@ -74,7 +70,7 @@ def load_model(checkpoint, model_name=None, device="cpu", amp=False, samples_per
     info = checkpoint_info(checkpoint, model_name, samples_per_epoch)
     # A SigLIP (--siglip) run's model has a logit_bias a CLIP model lacks: OpenCLIP must be
     # asked for one before the weights load (its value then comes from the checkpoint).
-    bias = {"init_logit_bias": 0.0} if has_logit_bias(checkpoint) else {}
+    bias = {"init_logit_bias": 0.0} if info["logit_bias"] else {}
     try:
         model, _, transform = open_clip.create_model_and_transforms(
             info["model"], pretrained=str(checkpoint), device=device, **bias)

@@ -8,7 +8,7 @@ Each script writes into its output directory:
 * ``<suite>_summary.json``: ``{"suite", "info", "headline": {name: {"value", "n", "of",
   "missing"}}, "tasks": {key: main metric}, "partial", "missing"}``.
 
-``info`` holds checkpoint, model, run_name, epoch and samples_seen (see eval/model.py).
+``info`` holds checkpoint, model, run_name, epoch, samples_seen and logit_bias (see eval/model.py).
 """
 import json
 import math
