@@ -5,28 +5,14 @@ learnable global temperature (the logit scale) gets a group of its own (weight d
 ``--lr-tau``) so that its learning rate can follow its own schedule.
 """
 import logging
-from dataclasses import dataclass
 
 from timm.optim import create_optimizer_v2
 
 TEMPERATURE_GROUP = "logit_scale"
 
-
-@dataclass(frozen=True)
-class OptimizerSpec:
-    timm_name: str
-    uses_betas: bool
-    uses_eps: bool
-    uses_momentum: bool
-
-
-# Our --opt names -> timm's registry names (timm's "momentum" is SGD with plain momentum).
-OPTIMIZERS = {
-    "adamw": OptimizerSpec("adamw", uses_betas=True, uses_eps=True, uses_momentum=False),
-    "lamb": OptimizerSpec("lamb", uses_betas=True, uses_eps=True, uses_momentum=False),
-    "lion": OptimizerSpec("lion", uses_betas=True, uses_eps=False, uses_momentum=False),
-    "sgdm": OptimizerSpec("momentum", uses_betas=False, uses_eps=False, uses_momentum=True),
-}
+# Our --opt names -> timm's registry names (timm's "momentum" is SGD with plain momentum). timm's
+# OptimInfo decides which of betas, eps and momentum each one takes (and momentum's default, 0.9).
+TIMM_NAMES = {"adamw": "adamw", "lamb": "lamb", "lion": "lion", "sgdm": "momentum"}
 
 
 def _no_weight_decay(name, param):
@@ -53,25 +39,22 @@ def parameter_groups(model, weight_decay, lr_tau=None):
     return groups
 
 
-def optimizer_kwargs(spec, args):
-    kwargs = {}
-    if spec.uses_betas:
-        kwargs["betas"] = (args.beta1, args.beta2)
-    if spec.uses_eps:
-        kwargs["eps"] = args.eps
-    if spec.uses_momentum:
+def optimizer_kwargs(args):
+    """Every optimizer hyper-parameter the flags give; timm drops those an optimizer lacks."""
+    kwargs = {"betas": (args.beta1, args.beta2), "eps": args.eps}
+    if args.momentum is not None:
         kwargs["momentum"] = args.momentum
     return kwargs
 
 
 def create_optimizer(args, model, lr_tau=None):
     """The ``--opt`` optimizer over OpenCLIP's parameter groups (+ the temperature group)."""
-    spec = OPTIMIZERS[args.opt]
+    timm_name = TIMM_NAMES[args.opt]
     groups = parameter_groups(model, args.wd, lr_tau)
-    optimizer = create_optimizer_v2(groups, opt=spec.timm_name, lr=args.lr, weight_decay=args.wd,
-                                    **optimizer_kwargs(spec, args))
+    optimizer = create_optimizer_v2(groups, opt=timm_name, lr=args.lr, weight_decay=args.wd,
+                                    **optimizer_kwargs(args))
     logging.info("FastCLIP optimizer %s (timm '%s') with %d parameter groups%s", args.opt,
-                 spec.timm_name, len(optimizer.param_groups),
+                 timm_name, len(optimizer.param_groups),
                  f", temperature lr {lr_tau}" if lr_tau is not None else "")
     return optimizer
 

@@ -120,11 +120,10 @@ def validation_errors(args):
 
 
 def _optimizer_defaults(args):
-    # OpenCLIP fills Adam's betas/eps per model after this; Lion and SGD need their own.
+    # OpenCLIP fills Adam's betas/eps per model after this; Lion needs its own (timm's SGD
+    # momentum defaults to 0.9 by itself).
     if args.opt == "lion" and args.beta1 is None and args.beta2 is None:
         args.beta1, args.beta2 = 0.9, 0.99  # the Lion paper's defaults
-    if args.opt == "sgdm" and args.momentum is None:
-        args.momentum = 0.9
 
 
 def finalize_args(args, parser) -> None:

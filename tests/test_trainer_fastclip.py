@@ -101,6 +101,33 @@ def test_ids_map_back_to_their_own_captions(tmp_path, digit_shards):
         assert checked >= 64
 
 
+# What each --opt must receive: OpenCLIP's ViT defaults for Adam-type betas/eps, the Lion paper's
+# betas, classical (not Nesterov) momentum 0.9 for SGD; explicit flags win.
+@pytest.mark.parametrize("flags, optimizer_class, expected, absent", [
+    (["--opt", "adamw"], "AdamW", {"betas": (0.9, 0.98), "eps": 1e-6}, ()),
+    (["--opt", "adamw", "--beta1", "0.8", "--beta2", "0.95", "--eps", "1e-7"], "AdamW",
+     {"betas": (0.8, 0.95), "eps": 1e-7}, ()),
+    (["--opt", "lamb"], "Lamb", {"betas": (0.9, 0.98), "eps": 1e-6}, ()),
+    (["--opt", "lion"], "Lion", {"betas": (0.9, 0.99)}, ("eps",)),
+    (["--opt", "sgdm"], "SGD", {"momentum": 0.9, "nesterov": False}, ("betas", "eps")),
+    (["--opt", "sgdm", "--momentum", "0.5"], "SGD", {"momentum": 0.5, "nesterov": False},
+     ("betas", "eps")),
+])
+def test_optimizer_hyper_parameters_reach_the_optimizer(flags, optimizer_class, expected, absent):
+    import open_clip
+    from open_clip_patch import optim
+    from open_clip_train.params import parse_args
+
+    args = parse_args(["--model", "fastclip-tiny-vit", "--lr", "1e-3", "--wd", "0.1", *flags])
+    optimizer = optim.create_optimizer(args, open_clip.create_model("fastclip-tiny-vit"),
+                                       lr_tau=2e-4)
+    assert type(optimizer).__name__ == optimizer_class
+    assert {name: optimizer.defaults[name] for name in expected} == expected
+    assert not set(absent) & set(optimizer.defaults)
+    groups = [(g.get("group_name"), g["lr"], g["weight_decay"]) for g in optimizer.param_groups]
+    assert groups == [(None, 1e-3, 0.0), (None, 1e-3, 0.1), ("logit_scale", 2e-4, 0.0)]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--gamma-min", "0"], "--gamma-min must lie in (0, 1]"),
     (["--gamma-min", "1.5"], "--gamma-min must lie in (0, 1]"),
