@@ -1,9 +1,13 @@
 """FastCLIP state in OpenCLIP checkpoints: one key, checked on resume, written atomically.
 
 Everything FastCLIP adds to a checkpoint lives under ``checkpoint["fastclip"]`` and comes from
-the overlay objects' ``state_dict()``: the loss (per-sample u, τ, shifts, moments), the τ
-learning-rate schedule, and the RNG streams (so a resumed run draws the same data order and
-augmentations as an uninterrupted one). The γ schedule is a pure function of the epoch.
+the overlay objects' ``state_dict()``: the loss (per-sample u, and for per-sample τ the τ values
+and their optimizer moments), the τ learning-rate schedule, and the RNG streams (so a resumed run
+draws the same data order and augmentations as an uninterrupted one). The γ schedule is a pure
+function of the epoch. On resume, one process restores its RNG streams exactly and several
+processes reseed theirs (:func:`restore_rng_streams`).
+
+    python -m pytest -q tests/test_checkpoint.py
 """
 import logging
 import os
@@ -47,17 +51,27 @@ def seed_rank_streams(seed, rank, epoch):
     random.seed(value)
 
 
-def fastclip_entry(args, loss, scheduler):
+def restore_rng_streams(saved, world_size, seed, rank, epoch):
+    """One process continues bit-exactly from the saved streams; with several, each rank
+    reseeds (:func:`seed_rank_streams`), since the checkpoint holds only rank 0's streams."""
+    if world_size == 1:
+        set_rng_state(saved)
+    else:
+        seed_rank_streams(seed, rank, epoch)
+
+
+def fastclip_entry(args, data_size, loss, scheduler):
     """What a FastCLIP run adds to its checkpoint (references to the live state, no copies)."""
     entry = {"format": FORMAT_VERSION, "version": args.fastclip_version,
-             "data_size": args.data_size, "loss": loss.state_dict(), "rng": rng_state()}
+             "data_size": data_size, "loss": loss.state_dict(), "rng": rng_state()}
     if hasattr(scheduler, "state_dict"):
         entry["scheduler"] = scheduler.state_dict()
     return entry
 
 
-def check_entry(args, entry, source):
-    """Refuse a checkpoint whose FastCLIP state does not belong to this run."""
+def check_entry(args, entry, source, data_size):
+    """Refuse a checkpoint whose FastCLIP state does not belong to this run (``data_size``: the
+    run's sample-id space, None while the data has not resolved it)."""
     if entry is None:
         if args.fcco_state_fresh:
             logging.warning("!" * 20 + f" {source} has no FastCLIP state: --fcco-state-fresh given, "
@@ -70,10 +84,10 @@ def check_entry(args, entry, source):
         raise CheckpointMismatch(
             f"{source} was written by FastCLIP {entry['version']}, this run is "
             f"--fastclip-version {args.fastclip_version}")
-    if args.data_size is not None and entry["data_size"] != args.data_size:
+    if data_size is not None and entry["data_size"] != data_size:
         raise CheckpointMismatch(
             f"{source} holds FCCO state for --data-size {entry['data_size']}, this run has "
-            f"--data-size {args.data_size}")
+            f"--data-size {data_size}")
     return True
 
 

@@ -1,7 +1,12 @@
-"""The functions the patched OpenCLIP trainer calls (see patches/series).
+"""The functions the patched OpenCLIP trainer calls (see patches/series, docs/architecture.md).
 
-Each hook returns OpenCLIP's own behaviour while ``--fastclip`` is off, so the baseline is
-exactly upstream's; with it on, the hook hands over to the overlay's modules.
+While ``--fastclip`` is off the loss, optimizer, temperature, batches and checkpoint contents
+are OpenCLIP's own; a few hooks change the baseline too, on purpose: the webdataset sample
+shuffle is seeded by --seed (reproducible orders), checkpoints are written atomically,
+``--stop-epochs`` ends a job early, ``--count-communication`` counts the bytes each rank sends,
+and ``--opt lamb|lion|sgdm`` come from timm. With ``--fastclip`` on, the hooks hand over to the
+overlay's modules. What a run builds on the way (counters, meter, resume entry, data size, γ
+schedule) lives in its :class:`~open_clip_patch.run.FastCLIPRun`, not on ``args``.
 """
 import logging
 from functools import partial
@@ -9,6 +14,7 @@ from functools import partial
 import open_clip
 
 from . import checkpoint, indexing, optim, params, temperature
+from .run import run_of
 from .schedules import GammaSchedule
 
 
@@ -38,84 +44,71 @@ def wrap_scheduler(args, scheduler, optimizer, model, total_steps):
 
 
 def create_loss(args):
-    """OpenCLIP's loss, or the FastCLIP loss for ``--fastclip``."""
+    """OpenCLIP's loss, or the FastCLIP loss for ``--fastclip`` (after the data: see run.py)."""
     if not _fastclip(args):
         return open_clip.create_loss(args)
     from .losses import FastCLIPLoss
 
-    logging.info("FastCLIP configuration: %s", params.effective_config(args))
-    loss = FastCLIPLoss(
-        version=args.fastclip_version,
-        data_size=args.data_size,
-        rho=args.rho,
-        eps=args.fastclip_eps,
-        tau_grad=args.tau_grad,
-        temperature=args.temperature,
-        lr_tau=args.lr_tau,
-        # the per-sample τ Adam (v2) borrows the model optimizer's betas/eps where it has them
-        tau_betas=(args.beta1 or 0.9, args.beta2 or 0.999),
-        tau_eps=args.eps or 1e-8,
-        comm=create_comm(args),
-    )
-    loss.gamma_schedule = GammaSchedule(args.gamma_schedule, args.gamma_min,
-                                        args.gamma_decay_epochs, per_step=args.gamma_per_step)
-    logging.info("FastCLIP loss: %s; %s", loss.describe(), loss.gamma_schedule)
+    run = run_of(args)
+    data_size = run.required_data_size()
+    logging.info("FastCLIP configuration: %s", {**params.effective_config(args),
+                                                 "data_size": data_size})
+    loss = FastCLIPLoss(**params.loss_kwargs(args, data_size=data_size), comm=create_comm(args))
+    run.gamma_schedule = GammaSchedule(args.gamma_schedule, args.gamma_min,
+                                       args.gamma_decay_epochs, per_step=args.gamma_per_step)
+    logging.info("FastCLIP loss: %s; %s", loss.describe(), run.gamma_schedule)
     return loss
 
 
 def on_resume(args, checkpoint_dict):
     """Check the checkpoint's FastCLIP entry now (before the optimizer loads a mismatched one)
-    and keep it until the loss exists: the loss is built after the data."""
+    and keep it in the run until the loss exists: the loss is built after the data."""
     if not _fastclip(args):
         return
+    run = run_of(args)
     entry = checkpoint_dict.get(checkpoint.CHECKPOINT_KEY)
-    args.fastclip_resume_entry = entry if checkpoint.check_entry(args, entry, args.resume) else None
-    args.fastclip_resume_epoch = checkpoint_dict["epoch"]
+    usable = checkpoint.check_entry(args, entry, args.resume, run.data_size)
+    run.resume_entry = entry if usable else None
+    run.resume_epoch = checkpoint_dict["epoch"]
 
 
 def restore_state(args, loss, scheduler):
     """Load the FastCLIP state of a resumed checkpoint into the loss, τ schedule and RNGs."""
-    entry = getattr(args, "fastclip_resume_entry", None)
+    run = run_of(args)
+    entry = run.resume_entry
     if not _fastclip(args) or entry is None:
         return
-    args.fastclip_resume_entry = None
-    checkpoint.check_entry(args, entry, args.resume)  # --data-size is known by now
+    run.resume_entry = None
+    checkpoint.check_entry(args, entry, args.resume, run.data_size)  # known by now
     loss.load_state_dict(entry["loss"])
     if "scheduler" in entry and hasattr(scheduler, "load_state_dict"):
         scheduler.load_state_dict(entry["scheduler"])
-    if args.world_size == 1:
-        checkpoint.set_rng_state(entry["rng"])  # bit-exact continuation
-    else:
-        checkpoint.seed_rank_streams(args.seed, args.rank, args.fastclip_resume_epoch)
+    checkpoint.restore_rng_streams(entry["rng"], args.world_size, args.seed, args.rank,
+                                   run.resume_epoch)
     logging.info(f"FastCLIP state restored from {args.resume}")
 
 
 def checkpoint_extras(args, loss, scheduler):
     if not _fastclip(args):
         return {}
-    return {checkpoint.CHECKPOINT_KEY: checkpoint.fastclip_entry(args, loss, scheduler)}
+    entry = checkpoint.fastclip_entry(args, run_of(args).data_size, loss, scheduler)
+    return {checkpoint.CHECKPOINT_KEY: entry}
 
 
 def save_checkpoint(checkpoint_dict, path):
     checkpoint.save_atomically(checkpoint_dict, path)
 
 
-def end_epoch(args):
+def last_epoch_of_job(args):
     """The epoch this job stops after: --stop-epochs for chained jobs, else --epochs."""
     return min(args.epochs, args.stop_epochs or args.epochs)
 
 
 # ---- data.py ------------------------------------------------------------------------------
-def data_counters(args):
-    """Counters shared with the dataloader workers, created once per run."""
-    if getattr(args, "data_counters", None) is None:
-        args.data_counters = indexing.DataCounters()
-    return args.data_counters
-
-
 def wds_tar_stage(args, tarfile_to_samples):
-    """OpenCLIP's shard reader, with a handler that also counts corrupt shards."""
-    return partial(tarfile_to_samples, handler=data_counters(args).count_shard_error)
+    """OpenCLIP's shard reader, with a handler that also counts corrupt shards (the counters
+    are shared with the dataloader workers)."""
+    return partial(tarfile_to_samples, handler=run_of(args).data_counters.count_shard_error)
 
 
 def wds_sample_shuffle(args, bufsize, initial, epoch):
@@ -131,12 +124,13 @@ def wds_to_tuple(args, is_train):
 
     if not (_fastclip(args) and is_train):
         return [wds.to_tuple("image", "text")]
-    if args.data_size is None:
-        from open_clip_train.data import expand_urls
+    from open_clip_train.data import expand_urls
 
-        args.data_size = indexing.id_space_of_shards(expand_urls(args.train_data)[0])
-        logging.info(f"FastCLIP: --data-size {args.data_size} from the shards' id space")
-    stage = indexing.WdsSampleId(args.data_size, args.skip_invalid_ids, data_counters(args))
+    run = run_of(args)
+    data_size = run.resolve_data_size(
+        lambda: indexing.id_space_of_shards(expand_urls(args.train_data)[0]),
+        "from the shards' id space")
+    stage = indexing.WdsSampleId(data_size, args.skip_invalid_ids, run.data_counters)
     return [wds.map(stage), wds.to_tuple("image", "text", "sample_id")]
 
 
@@ -144,10 +138,8 @@ def with_sample_ids(args, dataset, is_train):
     """CSV / synthetic datasets: the index is the sample id."""
     if not (_fastclip(args) and is_train):
         return dataset
-    if args.data_size is None:
-        args.data_size = len(dataset)
-        logging.info(f"FastCLIP: --data-size {args.data_size} (the dataset's length)")
-    return indexing.WithSampleIds(dataset, args.data_size)
+    data_size = run_of(args).resolve_data_size(lambda: len(dataset), "the dataset's length")
+    return indexing.WithSampleIds(dataset, data_size)
 
 
 # ---- train.py -----------------------------------------------------------------------------
@@ -170,7 +162,7 @@ def before_step(args, loss, epoch, step_in_epoch, steps_per_epoch):
     if not _fastclip(args):
         return
     loss.set_epoch(epoch)
-    loss.gamma = loss.gamma_schedule(epoch, step_in_epoch / steps_per_epoch)
+    loss.gamma = run_of(args).gamma_schedule(epoch, step_in_epoch / steps_per_epoch)
 
 
 def step_log(args, optimizer):
@@ -179,24 +171,24 @@ def step_log(args, optimizer):
     return {"lr_tau": group["lr"]} if group is not None else {}
 
 
-def on_epoch_end(args, epoch):
-    counters = getattr(args, "data_counters", None)
-    if counters is not None:
-        counts = counters.snapshot()
-        if any(counts.values()):
-            logging.warning(f"Epoch {epoch} data problems (cumulative): {counts}")
+def after_epoch(args, epoch):
+    """Warn about the data problems counted so far (corrupt shards, skipped ids)."""
+    counts = run_of(args).data_counters.snapshot()
+    if any(counts.values()):
+        logging.warning(f"Epoch {epoch} data problems (cumulative): {counts}")
 
 
 # ---- distributed --------------------------------------------------------------------------
 def count_communication(args, model, optimizer):
-    """Once DDP wraps the model and Horovod the optimizer: count what each rank sends per step
-    in the gradient reduction and, for the OpenCLIP baseline, in its loss (FastCLIP's comm counts
-    its own gathers). One process communicates nothing and gets no meter."""
+    """With --count-communication, once DDP wraps the model and Horovod the optimizer: count what
+    each rank sends per step in the gradient reduction and, for the OpenCLIP baseline, in its
+    loss (FastCLIP's comm counts its own gathers). Off by default, so OpenCLIP's and Horovod's
+    code runs untouched; one process communicates nothing and gets no meter."""
     from . import traffic
 
-    if not args.distributed or args.world_size < 2:
+    if not args.count_communication or not args.distributed or args.world_size < 2:
         return
-    meter = args.traffic_meter = traffic.TrafficMeter(args.world_size)
+    meter = run_of(args).traffic_meter = traffic.TrafficMeter(args.world_size)
     if args.horovod:
         traffic.count_horovod_gradients(optimizer, meter)
     else:
@@ -207,10 +199,10 @@ def count_communication(args, model, optimizer):
 
 def create_comm(args):
     """The loss's collectives on the backend OpenCLIP's flags chose (--horovod, torchrun/SLURM
-    process group, or one process), counted into the run's meter."""
+    process group, or one process), counted into the run's meter if it has one."""
     from .comm import create_comm as comm_for
 
-    return comm_for(args, meter=getattr(args, "traffic_meter", None))
+    return comm_for(args, meter=run_of(args).traffic_meter)
 
 
 def check_state_replicas(args, loss, when):
@@ -226,13 +218,13 @@ def check_state_replicas(args, loss, when):
                      f"(fingerprint {value:012x})")
 
 
-def end_of_epoch_distributed(args, epoch, data, loss):
-    """Check the FCCO replicas, then log the epoch's bytes sent per step (rank 0's figures;
-    the replica checks of this epoch are listed apart, not per step)."""
+def after_epoch_distributed(args, epoch, data, loss):
+    """Check the FCCO replicas, then log the epoch's bytes sent per step if counted (rank 0's
+    figures; the replica checks of this epoch are listed apart, not per step)."""
     from .traffic import format_summary
 
     check_state_replicas(args, loss, f"after epoch {epoch}")
-    meter = getattr(args, "traffic_meter", None)
+    meter = run_of(args).traffic_meter
     if meter is not None:
         summary = meter.epoch_summary(data["train"].dataloader.num_batches // args.accum_freq)
         summary["epoch"] = epoch

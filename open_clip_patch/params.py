@@ -62,6 +62,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         "code's (double-weighted τ·∂g/u term), for which published ρ were tuned.")
     g.add_argument("--stop-epochs", type=int, default=None,
                    help="Stop cleanly after this epoch (with a checkpoint) for chained jobs; "
+    g.add_argument("--count-communication", action="store_true", default=False,
+                   help="Count the bytes each rank sends per step (loss collectives, gradient "
+                        "reduction) and log them after each epoch; off, OpenCLIP's and Horovod's "
+                        "collectives run untouched.")
                         "schedules still follow --epochs.")
     g.add_argument("--skip-invalid-ids", action="store_true", default=False,
                    help="Skip (count and warn) webdataset samples whose id is missing or outside "

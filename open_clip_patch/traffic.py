@@ -1,5 +1,12 @@
 """Bytes each rank sends per training step, counted where the collectives are issued.
 
+Only with ``--count-communication`` (``make bench-comm`` sets it): the hook
+``count_communication`` then wraps the gradient reduction and, for the OpenCLIP baseline, the
+module globals its loss communicates through; without the flag none of this is installed and
+OpenCLIP's and Horovod's code runs untouched. The FCCO replica checks do not depend on it.
+
+    .venv/bin/python tools/bench_comm.py --quick
+
 Categories (per rank, per step):
   loss       the loss's collectives: FastCLIP's two all-gathers (comm.py), or OpenCLIP's feature
              gathers including the backward of its autograd all-gather;

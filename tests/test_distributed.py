@@ -201,3 +201,25 @@ def test_traffic_meter_rules_and_per_epoch_summary():
     meter.reduce_scatter("loss", hundred_bytes)                      # next epoch only
     later = meter.epoch_summary(steps=1)
     assert later["loss_bytes_per_step"] == 300 and later["gradients_bytes_per_step"] == 0
+
+
+def test_communication_is_counted_only_when_asked():
+    """Without --count-communication a 2-rank run installs nothing: OpenCLIP's loss and torch's
+    autograd collectives keep torch.distributed, the model gets no comm hook, the run no meter."""
+    import open_clip.loss
+    import torch.distributed.nn.functional as autograd_collectives
+    from open_clip_patch import hooks
+    from open_clip_patch.run import run_of
+    from open_clip_train.params import parse_args
+
+    class UnhookableModel:
+        def register_comm_hook(self, *args, **kwargs):
+            raise AssertionError("a DDP comm hook was registered without --count-communication")
+
+    args = parse_args(["--model", "fastclip-tiny-vit"])
+    assert args.count_communication is False
+    args.distributed, args.world_size, args.rank, args.horovod = True, 2, 0, False
+    hooks.count_communication(args, UnhookableModel(), optimizer=None)
+    assert open_clip.loss.dist is torch.distributed
+    assert autograd_collectives.dist is torch.distributed
+    assert run_of(args).traffic_meter is None

@@ -1,8 +1,8 @@
 """The patched trainer on 2 CPU ranks (gloo), launched as users launch it.
 
 ``torchrun --standalone --nproc_per_node 2 -m open_clip_train.main -- --fastclip ...`` trains
-one epoch of a two-epoch schedule (--stop-epochs 1) on digits, logs the bytes sent per step and
-writes a checkpoint. Then two processes started with the environment ``srun`` gives each task
+one epoch of a two-epoch schedule (--stop-epochs 1) on digits, logs the bytes sent per step
+(--count-communication) and writes a checkpoint. Then two processes started with the environment ``srun`` gives each task
 (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, plus MASTER_ADDR/PORT as a batch script exports
 them) resume it through OpenCLIP's SLURM detection: both ranks must start from exactly the state
 the first job saved (the replica fingerprints agree), and finish the second epoch.
@@ -33,7 +33,8 @@ def trainer_flags(tmp_path, name, *extra):
     return base_flags(tmp_path / "logs", name, batch_size=BATCH_SIZE, epochs=2) + [
         "--train-data", str(csv), "--dataset-type", "csv", "--csv-img-key", "filepath",
         "--csv-caption-key", "title", "--precision", "fp32",
-        "--fastclip", "--fastclip-version", "v2", "--data-size", str(SAMPLES), *extra]
+        "--fastclip", "--fastclip-version", "v2", "--data-size", str(SAMPLES),
+        "--count-communication", *extra]
 
 
 def fingerprints(log_text):

@@ -148,6 +148,22 @@ def test_bad_flags_stop_before_training(tmp_path, capsys, flags, message):
     assert not (tmp_path / "bad").exists()  # nothing started
 
 
+def test_the_loss_needs_the_data_first_and_args_stays_the_parsed_flags():
+    """Without --data-size the id space comes from the training data, so a loss asked for before
+    the data is refused with one line; afterwards it has the data's size, which lives in the run
+    (args keeps the flag's None)."""
+    from open_clip_patch import hooks
+    from open_clip_train.params import parse_args
+
+    args = parse_args(["--model", "fastclip-tiny-vit", "--fastclip", "--fastclip-version", "v3"])
+    args.rank, args.world_size, args.distributed = 0, 1, False
+    with pytest.raises(RuntimeError, match="the loss was created before the training data"):
+        hooks.create_loss(args)
+    hooks.with_sample_ids(args, [("image", "text")] * 12, is_train=True)
+    assert hooks.create_loss(args).state.data_size == 12
+    assert args.data_size is None
+
+
 def test_out_of_range_key_fails_naming_the_shard(tmp_path):
     shards = write_digits_shards(tmp_path / "rogue", num_shards=2, num_samples=40, rogue_key=10**6)
     with pytest.raises(ValueError) as error:

@@ -2,9 +2,10 @@
 
 Runs the patched trainer twice under ``torchrun --standalone --nproc_per_node 2`` on the tiny
 model and synthetic data, with the same flags except the loss: ``--fastclip --fastclip-version
-v3`` against OpenCLIP's ``--local-loss --gather-with-grad``. Each run logs, per epoch, the bytes
-its collectives sent per step (counted at the collectives, see open_clip_patch/traffic.py); this
-tool reads rank 0's line from each log and prints a table, then one JSON line.
+v3`` against OpenCLIP's ``--local-loss --gather-with-grad``, both with ``--count-communication``.
+Each run logs, per epoch, the bytes its collectives sent per step (counted at the collectives, see
+open_clip_patch/traffic.py); this tool reads rank 0's line from each log and prints a table, then
+one JSON line.
 
     .venv/bin/python tools/bench_comm.py [--batch-size 32] [--steps 4] [--quick] [--json-only]
 """
@@ -34,7 +35,7 @@ def trainer_flags(logs, name, args):
             "--batch-size", str(args.batch_size), "--epochs", "1", "--device", "cpu",
             "--workers", "0", "--precision", args.precision, "--seed", "0", "--lr", "1e-4",
             "--save-frequency", "0", "--zeroshot-frequency", "0", "--logs", str(logs),
-            "--name", name, *METHODS[name]]
+            "--name", name, "--count-communication", *METHODS[name]]
 
 
 def measure(name, args, logs):
