@@ -1,4 +1,4 @@
-"""Per-sample ids for OpenCLIP's data pipelines (design.md §5).
+"""Per-sample ids for OpenCLIP's data pipelines (docs/architecture.md).
 
 FCCO keeps a moving-average estimate per training sample, so every batch must carry the global
 ids of its samples. CSV rows and synthetic samples use their index; webdataset samples use the

@@ -1,6 +1,6 @@
 """run_scripts/: the commands they build (DRY_RUN=1) and a tiny real run through the same path.
 
-The published settings below are copied by hand from fastclip.md §6–§7, independently of
+The published settings below are copied by hand from docs/algorithm.md §6–§7, independently of
 run_scripts/common.sh, so a typo in either shows up here.
 """
 import math
@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "run_scripts"
 VENV_BIN = Path(sys.executable).parent
 
-# fastclip.md §7 (and §6 for data sizes); nodes x GPUs as published.
+# docs/algorithm.md §7 (and §6 for data sizes); nodes x GPUs as published.
 PUBLISHED = {
     "medium": dict(dir="cc3m", shards="{00000..00331}.tar", data_size=3_318_333,
                    num_samples=2_723_840, model="RN50", nodes=2, gpus=4, batch=1024, epochs=37,
