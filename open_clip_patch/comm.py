@@ -11,8 +11,9 @@ Backends follow OpenCLIP's own flags (``create_comm``): ``--horovod`` gives :cla
 (``hvd.allgather``), a torch.distributed process group (torchrun, SLURM ``srun``) gives
 :class:`TorchDistributedComm`, and one process gives :class:`LocalComm`, which issues no
 collective at all. The distributed backends count the bytes they send into an optional
-:class:`~open_clip_patch.traffic.TrafficMeter`, under the category the caller names ("loss" for
-the step's two gathers). Every rank must pass the same local batch size.
+:class:`~open_clip_patch.traffic.TrafficMeter` (the trainer passes one with
+``--count-communication``), under the category the caller names ("loss" for the step's two
+gathers). Every rank must pass the same local batch size.
 
 This is the only module of the overlay that asks torch.distributed or Horovod for ranks.
 """
