@@ -1,19 +1,23 @@
 """FCCO losses for FastCLIP: GCL (v0, v1, SogCLR), RGCL (v2, iSogCLR), RGCL-g (v3).
 
-The math is in the project's fastclip.md (§1 objectives, §2 estimator, §3 temperatures, §5
-distributed step). Notation: gᵢ = mean over j≠i of exp(dᵢⱼ/τ), dᵢⱼ the similarity of anchor i to
-negative j minus that to its positive; one g (and one u) per anchor for the image side and one for
-the text side. The batch is the global batch B of N = K·b pairs.
+    python -m pytest -q tests/test_losses.py tests/test_versions.py
+
+The math is in docs/algorithm.md (§1 objectives, §2 estimator, §3 temperatures, §5 distributed
+step); the versions are the records of ``open_clip_patch.versions``. Notation: gᵢ = mean over j≠i
+of exp(dᵢⱼ/τ), dᵢⱼ the similarity of anchor i to negative j minus that to its positive; one g (and
+one u) per anchor for the image side and one for the text side. The batch is the global batch B
+of N = K·b pairs.
 
 Surrogate (its autograd gradient is the FCCO estimator; u never carries gradient):
     GCL     v0 v1 sogclr   mean_i gᵢ/(ε+uᵢ)                    gradient of mean log(ε+g)
     RGCL    v2 isogclr     mean_i τᵢ·gᵢ(τᵢ)/(ε+uᵢ)              gradient of mean τᵢ(log(ε+gᵢ)+ρ)
     RGCL-g  v3             mean_i τ̄·gᵢ/(ε+uᵢ) + τ·(mean log(ε+u) + 2ρ)   (τ̄: τ detached)
-summed over the image and text sides. v0/v3 read τ = 1/logit_scale; v1/sogclr use it frozen;
-v2/isogclr keep τᵢ per sample and update it inside the loss (clipped per-sample Adam for v2, the
-LibAUC moving-average step for iSogCLR).
+summed over the image and text sides. A global τ is 1/logit_scale, live for the global-learnable
+scheme (v0, v3 by default) and detached for global-constant (v1, sogclr); the loss takes the
+scheme from its configuration (the version's, or ``temperature_scheme=``). v2/isogclr keep τᵢ
+per sample and update it inside the loss with a rule of ``open_clip_patch.tau_updates``.
 
-Distributed split (fastclip.md §5). Rank r holds b local pairs and the gathered (no-grad)
+Distributed split (docs/algorithm.md §5). Rank r holds b local pairs and the gathered (no-grad)
 features of all N. Its surrogate is (1/b)·[anchor part + negative part]:
     anchor part    Σ over local anchors i of the term above, negatives taken from the gathered
                    features: gradient through the anchor and its positive;
@@ -21,9 +25,9 @@ features of all N. Its surrogate is (1/b)·[anchor part + negative part]:
                    the anchors' features and u/τ as constants: gradient through the negatives.
 Every (anchor, negative) pair lives in exactly one rank's anchor part and one rank's negative
 part, so the per-rank gradients average (DDP / Horovod allreduce) to the single-process gradient.
-A learnable global τ is live only in the anchor part (tau_grad="exact"); tau_grad="reference"
-leaves it live in the negative part too, which is how the reference implementation counts the
-τ·∂g/(ε+u) term twice (fastclip.md §3).
+A learnable global τ is live only in the anchor part (tau_grad_mode="exact");
+tau_grad_mode="reference" leaves it live in the negative part too, which is how the reference
+implementation counts the τ·∂g/(ε+u) term twice (docs/algorithm.md §3).
 
 Numerics. u is stored as log u and updated as log((1-γ)u + γg) with logaddexp, and g is computed
 by logsumexp, so no exp can overflow at small τ: every weight exp(dᵢⱼ/τ − log(ε+uᵢ)) is at most
@@ -35,7 +39,7 @@ rank's local anchors (GCL: mean log(ε+u₁)+log(ε+u₂); RGCL and RGCL-g: the 
 g→u), so logged losses are meaningful while backward stays exact.
 """
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 import torch
@@ -43,39 +47,14 @@ from torch import nn
 
 from .comm import LocalComm
 from .state import PerSampleState, column_names
+from .tau_updates import TAU_UPDATE_RULES, clip_tau_gradient
+from .versions import TAU_GRAD_MODES, VERSIONS
 
 SIDES = ("image", "text")
 # [ref-code] entries of u below this, inf or nan are reset to the fresh g when γ < 1.
 LOG_U_RESET_BELOW = math.log(1e-35)
-# fastclip.md §3: the per-sample τ gradient is clipped to [-5, 5] (v2 and LibAUC's iSogCLR).
-TAU_GRAD_CLIP = 5.0
-# LibAUC's iSogCLR moving average of the τ gradient: weight of the newest gradient.
-ISOGCLR_NEW_GRAD_WEIGHT = 0.9
-
-
-@dataclass(frozen=True)
-class VersionSpec:
-    objective: str              # "GCL" | "RGCL" | "RGCL-g"
-    temperature: str            # "global-learnable" | "global-constant" | "individual"
-    rho: float = 0.0            # used by RGCL and RGCL-g only
-    tau_update: str = "none"    # individual τ: "adam" (FastCLIP-v2) | "moving-average" (iSogCLR)
-    lr_tau: float = 0.0         # individual τ only; a global τ's lr lives in the optimizer
-    initial_tau: float = 0.07   # individual τ only; a global τ comes from logit_scale
-    tau_min: float = 0.01
-    tau_max: float = 1.0
-
-
-VERSIONS: Dict[str, VersionSpec] = {
-    "v0": VersionSpec("GCL", "global-learnable"),
-    "v1": VersionSpec("GCL", "global-constant"),
-    "sogclr": VersionSpec("GCL", "global-constant"),
-    "v2": VersionSpec("RGCL", "individual", rho=7.0, tau_update="adam", lr_tau=0.0133,
-                      initial_tau=0.03),
-    "isogclr": VersionSpec("RGCL", "individual", rho=6.0, tau_update="moving-average",
-                           lr_tau=0.01, initial_tau=0.01, tau_min=0.005, tau_max=0.05),
-    "v3": VersionSpec("RGCL-g", "global-learnable", rho=6.5),
-}
-TAU_GRAD_MODES = ("exact", "reference")
+# State columns renamed since earlier checkpoints were written: old name -> new name.
+RENAMED_COLUMNS = {f"tau_grad_avg_{side}": f"tau_grad_ema_{side}" for side in SIDES}
 
 
 def log_moving_average(log_u_old: torch.Tensor, log_g: torch.Tensor, gamma: float):
@@ -139,42 +118,155 @@ def _weighted_sum(terms, coef, index):
     return (coef[index] * terms).sum()
 
 
+def log_eps_plus(log_u, eps: float):
+    """log(ε + u) from log u."""
+    if eps == 0:
+        return log_u
+    return torch.logaddexp(log_u, torch.full_like(log_u, math.log(eps)))
+
+
+# ------------------------------------------------------------------------- gather and checks
+def gather_batch(comm, state: PerSampleState, image_features, text_features,
+                 sample_ids) -> _Batch:
+    """Check the step's inputs and gather every rank's features (no gradient) in one call."""
+    if image_features.dim() != 2 or image_features.shape != text_features.shape:
+        raise ValueError(f"expected image and text features of the same (b, d) shape, got "
+                         f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
+    ids = state.validate_ids(sample_ids)
+    local_size = image_features.shape[0]
+    if ids.numel() != local_size:
+        raise ValueError(f"{ids.numel()} sample ids for a batch of {local_size} pairs")
+    dtype = image_features.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        dtype = torch.float32      # exact upcast; gathering first keeps the traffic small
+    world = comm.world_size
+    if world == 1:   # nothing to gather: skip the copies (the loss runs every step)
+        image, text = image_features.to(dtype), text_features.to(dtype)
+        check_finite(torch.stack([image.detach(), text.detach()])[None])
+        return _Batch(image, text, image.detach(), text.detach(), ids, offset=0)
+    stacked = torch.cat([image_features.detach(), text_features.detach().to(
+        image_features.dtype)])
+    gathered = comm.all_gather_no_grad(stacked).to(dtype)
+    image, text = image_features.to(dtype), text_features.to(dtype)
+    if gathered.shape != (world * 2 * local_size, image.shape[1]):
+        raise ValueError(f"gathered features have shape {tuple(gathered.shape)}; every rank "
+                         f"must pass the same local batch size ({local_size})")
+    per_rank = gathered.view(world, 2, local_size, -1)   # rank, [image, text], sample, dim
+    check_finite(per_rank)
+    n = world * local_size
+    return _Batch(image, text, per_rank[:, 0].reshape(n, -1), per_rank[:, 1].reshape(n, -1),
+                  ids, offset=comm.rank * local_size)
+
+
+def check_finite(per_rank_features):
+    """Refuse NaN/inf features, naming the side and rank, before any state is written."""
+    finite = torch.isfinite(per_rank_features).flatten(2).all(dim=2)   # (ranks, 2)
+    if bool(finite.all()):
+        return
+    bad = [f"{SIDES[m]} features of rank {r}" for r, m in (~finite).nonzero().tolist()]
+    raise ValueError(f"non-finite (NaN/inf) values in {', '.join(bad)}; the FCCO state was "
+                     f"not updated")
+
+
+def global_tau(logit_scale, batch: _Batch, learnable: bool) -> torch.Tensor:
+    """τ = 1/logit_scale, live for a learnable global τ and detached otherwise."""
+    if not isinstance(logit_scale, torch.Tensor):
+        logit_scale = torch.tensor(float(logit_scale))
+    if logit_scale.numel() != 1:
+        raise ValueError(f"logit_scale must hold one value, got shape {logit_scale.shape}")
+    scale = logit_scale.reshape(()).to(device=batch.image.device, dtype=batch.image.dtype)
+    value = float(scale.detach())
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"logit_scale must be finite and positive, got {value}")
+    tau = 1.0 / scale
+    return tau if learnable else tau.detach()
+
+
+# ---------------------------------------------------------------------------- state sharing
+def share_state(comm, state: PerSampleState, batch: _Batch, new_local, old,
+                individual_tau: bool) -> Dict[str, torch.Tensor]:
+    """One all-gather of ids + new state (+ the τ used this step); write it on every replica.
+    Returns the new state columns of the global batch and, for per-sample τ, ``used_tau_*``."""
+    local_rows = state.pack(new_local)
+    if comm.world_size == 1:
+        state.write(batch.ids, local_rows, validated=True)
+        used = {f"used_tau_{s}": old[f"tau_{s}"] for s in SIDES} if individual_tau else {}
+        return {**new_local, **used}
+    packed = [batch.ids.to(device=local_rows.device, dtype=torch.float64)[:, None],
+              local_rows.to(torch.float64)]
+    if individual_tau:   # the negative part needs each anchor's τ before its update
+        packed.append(torch.stack([old[f"tau_{s}"] for s in SIDES], 1).to(torch.float64))
+    gathered = comm.all_gather_scalars(torch.cat(packed, dim=1))
+    columns = len(state.columns)
+    global_ids = gathered[:, 0].round().long()
+    global_rows = gathered[:, 1:1 + columns]
+    state.write(global_ids, global_rows, validated=True)   # each rank checked its own
+    shared = {k: v.to(batch.image.dtype) for k, v in state.unpack(global_rows).items()}
+    if individual_tau:
+        used = gathered[:, 1 + columns:].to(batch.image.dtype)
+        shared.update({f"used_tau_{s}": used[:, i] for i, s in enumerate(SIDES)})
+    return shared
+
+
+def diagnostics(gamma, global_tau_value, old, new_local, tau_gradients,
+                individual_tau: bool) -> Dict[str, torch.Tensor]:
+    """Detached scalars logged beside the loss (the ``fcco_*`` entries of output_dict)."""
+    log_u = torch.cat([new_local[f"log_u_{s}"] for s in SIDES])
+    out = {"fcco_log_u_mean": log_u.mean().detach(),
+           "fcco_gamma": torch.tensor(gamma, device=log_u.device)}
+    if individual_tau:
+        taus = torch.cat([old[f"tau_{s}"] for s in SIDES]).detach()
+        gradients = torch.cat([tau_gradients[s] for s in SIDES]).detach()
+        out.update(fcco_tau_mean=taus.mean(), fcco_tau_min=taus.min(),
+                   fcco_tau_max=taus.max(), fcco_tau_grad_mean=gradients.mean())
+    else:
+        out["fcco_tau"] = global_tau_value.detach()
+    return out
+
+
 class FastCLIPLoss(nn.Module):
-    """FCCO contrastive loss; call as ``loss(image_features, text_features, logit_scale, ids)``.
+    """FCCO contrastive loss; call as ``loss(image_features, text_features, logit_scale,
+    sample_ids)``.
 
     Args:
-        version: "v0" | "v1" | "v2" | "v3" | "sogclr" | "isogclr".
-        data_size: size of the sample-id space; ids must lie in [0, data_size).
+        version: a name of ``open_clip_patch.versions.VERSIONS``.
+        data_size: size of the sample-id space; sample ids must lie in [0, data_size).
         rho, eps: ρ of RGCL/RGCL-g and ε inside log(ε+g). None = the version's default.
-        tau_grad: "exact" (true ∂L/∂τ) or "reference" (the reference code's doubled τ·∂g/(ε+u)
-            term, to reproduce published ρ); only matters for a learnable global τ (v0, v3).
-        gamma: the current γ of u ← (1-γ)u + γg; the trainer sets ``loss.gamma`` each epoch.
-        temperature, lr_tau, tau_betas, tau_eps: per-sample τ (v2, isogclr): initial value,
-            step size (``loss.lr_tau``), Adam betas/eps (v2; betas are 0 in epoch 0).
+        tau_grad_mode: "exact" (true ∂L/∂τ) or "reference" (the reference code's doubled
+            τ·∂g/(ε+u) term, to reproduce published ρ); only matters for a learnable global τ.
+        gamma: the current γ of u ← (1-γ)u + γg; the trainer sets ``loss.gamma`` each step.
+        temperature, temperature_scheme: τ₀ and how τ is held (None = the version's). A global
+            τ comes from ``logit_scale`` (live for global-learnable, detached for
+            global-constant); temperature is then only the trainer's initial logit scale.
+        lr_tau, tau_betas, tau_eps: per-sample τ (v2, isogclr): step size (``loss.lr_tau``),
+            Adam betas/eps (v2; betas are 0 in epoch 0).
         tau_min, tau_max: clamp of the per-sample τ.
         comm: a communicator (open_clip_patch.comm); default LocalComm (one process).
         state_device, state_dtype: where and how the per-sample state is stored.
     """
 
     def __init__(self, version: str, data_size: int, rho: Optional[float] = None,
-                 eps: float = 1e-14, tau_grad: str = "exact", gamma: float = 1.0,
-                 temperature: Optional[float] = None, lr_tau: Optional[float] = None,
-                 tau_betas=(0.9, 0.999), tau_eps: float = 1e-8,
+                 eps: float = 1e-14, tau_grad_mode: str = "exact", gamma: float = 1.0,
+                 temperature: Optional[float] = None, temperature_scheme: Optional[str] = None,
+                 lr_tau: Optional[float] = None, tau_betas=(0.9, 0.999), tau_eps: float = 1e-8,
                  tau_min: Optional[float] = None, tau_max: Optional[float] = None,
                  comm=None, state_device="cpu", state_dtype: torch.dtype = torch.float32):
         super().__init__()
         if version not in VERSIONS:
             raise ValueError(f"unknown FCCO version {version!r}; choose from {sorted(VERSIONS)}")
-        if tau_grad not in TAU_GRAD_MODES:
-            raise ValueError(f"tau_grad must be one of {TAU_GRAD_MODES}, got {tau_grad!r}")
-        overrides = {k: v for k, v in dict(rho=rho, lr_tau=lr_tau, initial_tau=temperature,
-                                           tau_min=tau_min, tau_max=tau_max).items()
-                     if v is not None}
+        if tau_grad_mode not in TAU_GRAD_MODES:
+            raise ValueError(f"tau_grad_mode must be one of {TAU_GRAD_MODES}, "
+                             f"got {tau_grad_mode!r}")
+        try:
+            self.spec = VERSIONS[version].with_overrides(
+                temperature_scheme=temperature_scheme, temperature=temperature, rho=rho,
+                lr_tau=lr_tau, tau_min=tau_min, tau_max=tau_max)
+        except ValueError as error:
+            raise ValueError(f"FCCO version {version}: {error}") from None
         self.version = version
-        self.spec = replace(VERSIONS[version], **overrides)
         self._validate_spec(eps, tau_betas, tau_eps)
         self.eps = float(eps)
-        self.tau_grad = tau_grad
+        self.tau_grad_mode = tau_grad_mode
         self.gamma = gamma
         self.lr_tau = self.spec.lr_tau
         self.tau_betas = tuple(float(b) for b in tau_betas)
@@ -189,19 +281,24 @@ class FastCLIPLoss(nn.Module):
         if eps < 0 or spec.rho < 0:
             raise ValueError(f"eps and rho must be >= 0, got eps={eps}, rho={spec.rho}")
         if self.individual_tau:
-            if not 0 < spec.tau_min <= spec.initial_tau <= spec.tau_max:
+            if not 0 < spec.tau_min <= spec.temperature <= spec.tau_max:
                 raise ValueError(f"need 0 < tau_min <= temperature <= tau_max, got "
-                                 f"{spec.tau_min}, {spec.initial_tau}, {spec.tau_max}")
+                                 f"{spec.tau_min}, {spec.temperature}, {spec.tau_max}")
             if not all(0 <= b < 1 for b in tau_betas) or tau_eps <= 0:
                 raise ValueError(f"bad per-sample Adam settings betas={tau_betas} eps={tau_eps}")
 
     @property
     def individual_tau(self) -> bool:
-        return self.spec.temperature == "individual"
+        return self.spec.individual_tau
 
     @property
     def learnable_global_tau(self) -> bool:
-        return self.spec.temperature == "global-learnable"
+        return self.spec.learnable_global_tau
+
+    @property
+    def tau_rule(self):
+        """The per-sample τ update rule (tau_updates.TauUpdateRule), None for a global τ."""
+        return TAU_UPDATE_RULES[self.spec.tau_update] if self.individual_tau else None
 
     @property
     def gamma(self) -> float:
@@ -214,15 +311,14 @@ class FastCLIPLoss(nn.Module):
         self._gamma = float(value)
 
     def set_epoch(self, epoch: int) -> None:
-        """The per-sample Adam of v2 runs with betas 0 in epoch 0 (fastclip.md §3)."""
+        """The per-sample Adam of v2 runs with betas 0 in epoch 0 (docs/algorithm.md §3)."""
         self.epoch = int(epoch)
 
     def _state_columns(self) -> Dict[str, float]:
         columns = {name: -math.inf for name in column_names(["log_u"])}   # u = 0: never seen
         if self.individual_tau:
-            columns.update({name: self.spec.initial_tau for name in column_names(["tau"])})
-            moments = ["tau_m", "tau_v"] if self.spec.tau_update == "adam" else ["tau_grad_avg"]
-            columns.update({name: 0.0 for name in column_names(moments)})
+            columns.update({name: self.spec.temperature for name in column_names(["tau"])})
+            columns.update({name: 0.0 for name in column_names(self.tau_rule.state_columns)})
         return columns
 
     def nbytes(self) -> int:
@@ -230,16 +326,16 @@ class FastCLIPLoss(nn.Module):
 
     def describe(self) -> str:
         spec = self.spec
-        parts = [f"version={self.version} ({spec.objective}, {spec.temperature} tau)"]
+        parts = [f"version={self.version} ({spec.objective}, {spec.temperature_scheme} tau; "
+                 f"learned: {spec.learned_tau()})"]
         if self.learnable_global_tau:
-            meaning = ("true gradient of the objective" if self.tau_grad == "exact" else
+            meaning = ("true gradient of the objective" if self.tau_grad_mode == "exact" else
                        "reference code: tau*dg/(eps+u) term counted twice")
-            parts.append(f"tau_grad={self.tau_grad} ({meaning})")
+            parts.append(f"tau_grad_mode={self.tau_grad_mode} ({meaning})")
         if spec.objective != "GCL":
             parts.append(f"rho={spec.rho}")
         if self.individual_tau:
-            parts.append(f"tau_update={spec.tau_update} lr_tau={self.lr_tau} "
-                         f"tau_init={spec.initial_tau} tau_range=[{spec.tau_min}, {spec.tau_max}]")
+            parts.append(f"tau_init={spec.temperature} tau_range=[{spec.tau_min}, {spec.tau_max}]")
         parts.append(f"eps={self.eps} gamma={self.gamma} world_size={self.comm.world_size}")
         parts.append(f"state={self.nbytes() / 2**20:.1f} MiB {self.state.dtype} "
                      f"on {self.state.device} for data_size={self.state.data_size}")
@@ -253,89 +349,42 @@ class FastCLIPLoss(nn.Module):
         return {"version": self.version, "state": self.state.state_dict()}
 
     def set_extra_state(self, extra):
-        self.state.load_state_dict(extra["state"])
+        state = dict(extra["state"])
+        state["columns"] = [RENAMED_COLUMNS.get(name, name) for name in state["columns"]]
+        self.state.load_state_dict(state)
 
     # ---------------------------------------------------------------------- forward
     def forward(self, image_features, text_features, logit_scale, sample_ids,
                 output_dict: bool = False):
         # autocast would silently run the similarity matmuls in bf16/fp16 again.
         with torch.autocast(device_type=image_features.device.type, enabled=False):
-            batch = self._gather_batch(image_features, text_features, sample_ids)
-            global_tau = None if self.individual_tau else self._global_tau(logit_scale, batch)
+            batch = gather_batch(self.comm, self.state, image_features, text_features, sample_ids)
+            tau = (None if self.individual_tau else
+                   global_tau(logit_scale, batch, self.learnable_global_tau))
             old = self.state.unpack(self.state.read(batch.ids, batch.image.device,
                                                     batch.image.dtype, validated=True))
-            sides = self._sides(batch, global_tau, old)
-            new_local, tau_grads, log_eps_local = self._update_local_state(batch, sides, old)
-            shared = self._share_state(batch, new_local, old)
+            sides = self._sides(batch, tau, old)
+            new_local, tau_gradients, log_eps_local = self._update_local_state(batch, sides, old)
+            shared = share_state(self.comm, self.state, batch, new_local, old, self.individual_tau)
             log_eps_u = (log_eps_local if self.comm.world_size == 1 else
-                         {name: self._log_eps_plus(shared[f"log_u_{name}"]) for name in SIDES})
-            surrogate = self._surrogate(batch, sides, global_tau, shared, log_eps_u)
-            objective = self._objective_estimate(global_tau, old, log_eps_local)
+                         {name: log_eps_plus(shared[f"log_u_{name}"], self.eps) for name in SIDES})
+            surrogate = self._surrogate(batch, sides, tau, shared, log_eps_u)
+            objective = self._objective_estimate(tau, old, log_eps_local)
         loss = surrogate + (objective - surrogate).detach()
         if not output_dict:
             return loss
-        return {"contrastive_loss": loss,
-                **self._diagnostics(global_tau, old, new_local, tau_grads)}
-
-    def _gather_batch(self, image_features, text_features, sample_ids) -> _Batch:
-        if image_features.dim() != 2 or image_features.shape != text_features.shape:
-            raise ValueError(f"expected image and text features of the same (b, d) shape, got "
-                             f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
-        ids = self.state.validate_ids(sample_ids)
-        local_size = image_features.shape[0]
-        if ids.numel() != local_size:
-            raise ValueError(f"{ids.numel()} sample ids for a batch of {local_size} pairs")
-        dtype = image_features.dtype
-        if dtype in (torch.float16, torch.bfloat16):
-            dtype = torch.float32      # exact upcast; gathering first keeps the traffic small
-        world = self.comm.world_size
-        if world == 1:   # nothing to gather: skip the copies (the loss runs every step)
-            image, text = image_features.to(dtype), text_features.to(dtype)
-            self._check_finite(torch.stack([image.detach(), text.detach()])[None])
-            return _Batch(image, text, image.detach(), text.detach(), ids, offset=0)
-        stacked = torch.cat([image_features.detach(), text_features.detach().to(
-            image_features.dtype)])
-        gathered = self.comm.all_gather_no_grad(stacked).to(dtype)
-        image, text = image_features.to(dtype), text_features.to(dtype)
-        if gathered.shape != (world * 2 * local_size, image.shape[1]):
-            raise ValueError(f"gathered features have shape {tuple(gathered.shape)}; every rank "
-                             f"must pass the same local batch size ({local_size})")
-        per_rank = gathered.view(world, 2, local_size, -1)   # rank, [image, text], sample, dim
-        self._check_finite(per_rank)
-        n = world * local_size
-        return _Batch(image, text, per_rank[:, 0].reshape(n, -1), per_rank[:, 1].reshape(n, -1),
-                      ids, offset=self.comm.rank * local_size)
-
-    @staticmethod
-    def _check_finite(per_rank_features):
-        finite = torch.isfinite(per_rank_features).flatten(2).all(dim=2)   # (ranks, 2)
-        if bool(finite.all()):
-            return
-        bad = [f"{SIDES[m]} features of rank {r}" for r, m in (~finite).nonzero().tolist()]
-        raise ValueError(f"non-finite (NaN/inf) values in {', '.join(bad)}; the FCCO state was "
-                         f"not updated")
-
-    def _global_tau(self, logit_scale, batch: _Batch) -> torch.Tensor:
-        if not isinstance(logit_scale, torch.Tensor):
-            logit_scale = torch.tensor(float(logit_scale))
-        if logit_scale.numel() != 1:
-            raise ValueError(f"logit_scale must hold one value, got shape {logit_scale.shape}")
-        scale = logit_scale.reshape(()).to(device=batch.image.device, dtype=batch.image.dtype)
-        value = float(scale.detach())
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"logit_scale must be finite and positive, got {value}")
-        tau = 1.0 / scale
-        return tau if self.learnable_global_tau else tau.detach()
+        return {"contrastive_loss": loss, **diagnostics(self.gamma, tau, old, new_local,
+                                                        tau_gradients, self.individual_tau)}
 
     @property
     def single_block(self) -> bool:
         """One process needs no anchor/negative split: one (b, b) block with the gradient live
         through both modalities is the whole surrogate, so the negative part (a second matmul
         and two more exp blocks) is skipped. Not when the reference mode must count τ twice."""
-        doubled_tau = self.learnable_global_tau and self.tau_grad == "reference"
+        doubled_tau = self.learnable_global_tau and self.tau_grad_mode == "reference"
         return self.comm.world_size == 1 and not doubled_tau
 
-    def _sides(self, batch: _Batch, global_tau, old) -> Dict[str, _Side]:
+    def _sides(self, batch: _Batch, tau, old) -> Dict[str, _Side]:
         if self.single_block:
             image_vs_all_text = batch.image @ batch.text.T   # (b, b), gradient → both sides
             text_vs_all_image = image_vs_all_text.T
@@ -349,80 +398,47 @@ class FastCLIPLoss(nn.Module):
         sides = {}
         for name, anchor_sim, negative_sim in (("image", image_vs_all_text, text_vs_all_image),
                                                ("text", text_vs_all_image, image_vs_all_text)):
-            tau = old[f"tau_{name}"][:, None] if self.individual_tau else global_tau
-            logits = ((anchor_sim - positives) / tau).masked_fill(mask, -math.inf)
+            side_tau = old[f"tau_{name}"][:, None] if self.individual_tau else tau
+            logits = ((anchor_sim - positives) / side_tau).masked_fill(mask, -math.inf)
             log_g = torch.logsumexp(logits.detach(), dim=1) - math.log(n_negatives)
             sides[name] = _Side(name, anchor_sim, negative_sim, logits, log_g)
         return sides
 
     # ---------------------------------------------------------------- state updates
     def _update_local_state(self, batch: _Batch, sides, old):
-        """New state columns for the local ids (u, and τ with its moments for RGCL), the
+        """New state columns for the local ids (u, and τ with its rule's state for RGCL), the
         clipped τ gradients (RGCL) and log(ε+u) of the new u by side."""
-        new, tau_grads, log_eps_local = {}, {}, {}
+        new, tau_gradients, log_eps_local = {}, {}, {}
         for name, side in sides.items():
             log_u = log_moving_average(old[f"log_u_{name}"], side.log_g, self.gamma)
             new[f"log_u_{name}"] = log_u
-            log_eps_local[name] = self._log_eps_plus(log_u)
+            log_eps_local[name] = log_eps_plus(log_u, self.eps)
             if self.individual_tau:
-                grad = rgcl_tau_gradient(side.logits.detach(), log_eps_local[name],
-                                         self.spec.rho, batch.positive_mask)
-                tau_grads[name] = grad.clamp(-TAU_GRAD_CLIP, TAU_GRAD_CLIP)
-                new.update(self._tau_step(name, tau_grads[name], old))
-        return new, tau_grads, log_eps_local
+                tau_gradients[name] = clip_tau_gradient(rgcl_tau_gradient(
+                    side.logits.detach(), log_eps_local[name], self.spec.rho, batch.positive_mask))
+                new.update(self._tau_step(name, tau_gradients[name], old))
+        return new, tau_gradients, log_eps_local
 
-    def _tau_step(self, name: str, grad, old) -> Dict[str, torch.Tensor]:
-        spec, tau = self.spec, old[f"tau_{name}"]
-        if spec.tau_update == "adam":
-            beta1, beta2 = (0.0, 0.0) if self.epoch == 0 else self.tau_betas
-            m = beta1 * old[f"tau_m_{name}"] + (1 - beta1) * grad
-            v = beta2 * old[f"tau_v_{name}"] + (1 - beta2) * grad.square()
-            step = m / (v.sqrt() + self.tau_eps)
-            moments = {f"tau_m_{name}": m, f"tau_v_{name}": v}
-        else:   # LibAUC iSogCLR: plain step along a moving average of the gradient
-            w = ISOGCLR_NEW_GRAD_WEIGHT
-            step = (1 - w) * old[f"tau_grad_avg_{name}"] + w * grad
-            moments = {f"tau_grad_avg_{name}": step}
-        new_tau = (tau - self.lr_tau * step).clamp(spec.tau_min, spec.tau_max)
-        return {f"tau_{name}": new_tau, **moments}
-
-    def _share_state(self, batch: _Batch, new_local, old) -> Dict[str, torch.Tensor]:
-        """One all-gather of ids + new state (+ the τ used this step); write it everywhere."""
-        local_rows = self.state.pack(new_local)
-        if self.comm.world_size == 1:
-            self.state.write(batch.ids, local_rows, validated=True)
-            used = {f"used_tau_{s}": old[f"tau_{s}"] for s in SIDES} if self.individual_tau else {}
-            return {**new_local, **used}
-        packed = [batch.ids.to(device=local_rows.device, dtype=torch.float64)[:, None],
-                  local_rows.to(torch.float64)]
-        if self.individual_tau:   # the negative part needs each anchor's τ before its update
-            packed.append(torch.stack([old[f"tau_{s}"] for s in SIDES], 1).to(torch.float64))
-        gathered = self.comm.all_gather_scalars(torch.cat(packed, dim=1))
-        columns = len(self.state.columns)
-        global_ids = gathered[:, 0].round().long()
-        global_rows = gathered[:, 1:1 + columns]
-        self.state.write(global_ids, global_rows, validated=True)   # each rank checked its own
-        shared = {k: v.to(batch.image.dtype) for k, v in self.state.unpack(global_rows).items()}
-        if self.individual_tau:
-            used = gathered[:, 1 + columns:].to(batch.image.dtype)
-            shared.update({f"used_tau_{s}": used[:, i] for i, s in enumerate(SIDES)})
-        return shared
-
-    def _log_eps_plus(self, log_u):
-        """log(ε + u) from log u."""
-        if self.eps == 0:
-            return log_u
-        return torch.logaddexp(log_u, torch.full_like(log_u, math.log(self.eps)))
+    def _tau_step(self, name: str, tau_gradients, old) -> Dict[str, torch.Tensor]:
+        """One step of the version's per-sample τ rule on one side's rows."""
+        rule, spec = self.tau_rule, self.spec
+        betas = (0.0, 0.0) if self.epoch == 0 else self.tau_betas   # v2's first epoch
+        available = {"betas": betas, "eps": self.tau_eps}
+        columns = [f"{column}_{name}" for column in rule.state_columns]
+        tau, *rule_state = rule.update(
+            old[f"tau_{name}"], tau_gradients, *(old[c] for c in columns), lr=self.lr_tau,
+            tau_min=spec.tau_min, tau_max=spec.tau_max, **{k: available[k] for k in rule.options})
+        return {f"tau_{name}": tau, **dict(zip(columns, rule_state))}
 
     # -------------------------------------------------------------------- surrogate
-    def _surrogate(self, batch: _Batch, sides, global_tau, shared, log_eps_u) -> torch.Tensor:
+    def _surrogate(self, batch: _Batch, sides, tau, shared, log_eps_u) -> torch.Tensor:
         """log_eps_u: log(ε+u) by side for the whole global batch (N,), after this step's update."""
         n_negatives = batch.global_size - 1
         local = slice(batch.offset, batch.offset + batch.local_size)
         all_positives = None if self.single_block else (batch.all_image * batch.all_text).sum(1)
         total = 0.0
         for name, side in sides.items():
-            coef, negative_tau = self._side_coefficients(name, global_tau, shared)
+            coef, negative_tau = self._side_coefficients(name, tau, shared)
             anchor_terms = torch.exp(side.logits - log_eps_u[name][local, None]).sum(1)
             parts = _weighted_sum(anchor_terms, coef, local)
             if not self.single_block:
@@ -435,22 +451,22 @@ class FastCLIPLoss(nn.Module):
             total = total + parts / (n_negatives * batch.local_size)
         if self.spec.objective == "RGCL-g":
             log_eps_u_local = log_eps_u["image"][local] + log_eps_u["text"][local]
-            total = total + global_tau * (log_eps_u_local.mean() + 2 * self.spec.rho)
+            total = total + tau * (log_eps_u_local.mean() + 2 * self.spec.rho)
         return total
 
-    def _side_coefficients(self, name, global_tau, shared):
+    def _side_coefficients(self, name, tau, shared):
         """Per-anchor prefactor (None for 1, a scalar or an (N,) tensor) and the τ of the
         negative part for one side."""
         if self.individual_tau:
-            tau = shared[f"used_tau_{name}"]
-            return tau, tau[None, :]
+            used_tau = shared[f"used_tau_{name}"]
+            return used_tau, used_tau[None, :]
         # exact: a global τ gets its gradient once, from the anchor part only.
-        live_in_negatives = self.learnable_global_tau and self.tau_grad == "reference"
-        negative_tau = global_tau if live_in_negatives else global_tau.detach()
-        coef = global_tau.detach() if self.spec.objective == "RGCL-g" else None
+        live_in_negatives = self.learnable_global_tau and self.tau_grad_mode == "reference"
+        negative_tau = tau if live_in_negatives else tau.detach()
+        coef = tau.detach() if self.spec.objective == "RGCL-g" else None
         return coef, negative_tau
 
-    def _objective_estimate(self, global_tau, old, log_eps_local) -> torch.Tensor:
+    def _objective_estimate(self, tau, old, log_eps_local) -> torch.Tensor:
         """The objective with g→u on the local anchors (the value the loss reports)."""
         total = 0.0
         for name, log_eps_u in log_eps_local.items():
@@ -459,18 +475,5 @@ class FastCLIPLoss(nn.Module):
             elif self.spec.objective == "RGCL":
                 total = total + (old[f"tau_{name}"] * (log_eps_u + self.spec.rho)).mean()
             else:
-                total = total + global_tau * (log_eps_u.mean() + self.spec.rho)
+                total = total + tau * (log_eps_u.mean() + self.spec.rho)
         return total.detach()
-
-    def _diagnostics(self, global_tau, old, new_local, tau_grads) -> Dict[str, torch.Tensor]:
-        log_u = torch.cat([new_local[f"log_u_{s}"] for s in SIDES])
-        out = {"fcco_log_u_mean": log_u.mean().detach(),
-               "fcco_gamma": torch.tensor(self.gamma, device=log_u.device)}
-        if self.individual_tau:
-            taus = torch.cat([old[f"tau_{s}"] for s in SIDES]).detach()
-            grads = torch.cat([tau_grads[s] for s in SIDES]).detach()
-            out.update(fcco_tau_mean=taus.mean(), fcco_tau_min=taus.min(),
-                       fcco_tau_max=taus.max(), fcco_tau_grad_mean=grads.mean())
-        else:
-            out["fcco_tau"] = global_tau.detach()
-        return out

@@ -1,5 +1,7 @@
 """FastCLIP command-line flags: declaration, presets v0–v3 / SogCLR / iSogCLR, validation.
 
+    python -m open_clip_patch.params          # list the flags
+
 The patched ``open_clip_train.params.parse_args`` calls :func:`add_args` before parsing and
 :func:`finalize_args` after, so a bad value stops the run with one line before anything starts.
 Flags that a preset sets default to ``None``; an explicit flag always wins over the preset.
@@ -7,28 +9,19 @@ Flags that a preset sets default to ``None``; an explicit flag always wins over 
 import argparse
 import sys
 
-VERSIONS = ("v0", "v1", "v2", "v3", "sogclr", "isogclr")
-TEMPERATURE_SCHEMES = ("global-constant", "global-learnable", "individual-learnable")
-OPTIMIZERS = ("adamw", "lamb", "lion", "sgdm")
+from .versions import SCHEMES_OF_OBJECTIVE, TAU_GRAD_MODES, TEMPERATURE_SCHEMES, VERSIONS
 
-# fastclip.md §3, §4, §7. lr_tau=None with a global-learnable scheme means "same as --lr".
-PRESETS = {
-    "v0": dict(temperature_scheme="global-learnable", gamma_schedule="cosine", temperature=0.07,
-               rho=0.0, lr_tau=None, lr_tau_scheduler="cosine", gamma_min=0.2),
-    "v1": dict(temperature_scheme="global-constant", gamma_schedule="cosine", temperature=0.07,
-               rho=0.0, lr_tau=None, lr_tau_scheduler="cosine", gamma_min=0.2),
-    "v2": dict(temperature_scheme="individual-learnable", gamma_schedule="cosine", temperature=0.03,
-               rho=7.0, lr_tau=0.0133, lr_tau_scheduler="const", gamma_min=0.2),
-    "v3": dict(temperature_scheme="global-learnable", gamma_schedule="cosine", temperature=0.07,
-               rho=6.5, lr_tau=2e-4, lr_tau_scheduler="step-thresh", gamma_min=0.2),
-    "sogclr": dict(temperature_scheme="global-constant", gamma_schedule="constant", temperature=0.07,
-                   rho=0.0, lr_tau=None, lr_tau_scheduler="const", gamma_min=0.9),
-    "isogclr": dict(temperature_scheme="individual-learnable", gamma_schedule="constant",
-                    temperature=0.01, rho=6.0, lr_tau=0.01, lr_tau_scheduler="const", gamma_min=0.9),
-}
-# The loss each version optimises (fastclip.md §4).
-LOSS_OF_VERSION = {"v0": "GCL", "v1": "GCL", "sogclr": "GCL", "v2": "RGCL", "isogclr": "RGCL",
-                   "v3": "RGCL-g"}
+OPTIMIZERS = ("adamw", "lamb", "lion", "sgdm")
+# The fields of a version record (versions.py) that a flag of the same name can override.
+PRESET_FLAGS = ("temperature_scheme", "gamma_schedule", "temperature", "rho", "lr_tau",
+                "lr_tau_scheduler", "gamma_min")
+
+
+def preset(version: str) -> dict:
+    """The flag values ``--fastclip-version version`` sets where the command line does not
+    (lr_tau None: the same as --lr)."""
+    record = VERSIONS[version]
+    return {name: getattr(record, name) for name in PRESET_FLAGS}
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +29,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("FastCLIP")
     g.add_argument("--fastclip", action="store_true", default=False,
                    help="Train with a FastCLIP global contrastive loss optimised by FCCO.")
-    g.add_argument("--fastclip-version", choices=VERSIONS, default="v3",
+    g.add_argument("--fastclip-version", choices=tuple(VERSIONS), default="v3",
                    help="Preset: loss, temperature rule and γ schedule (explicit flags override).")
     g.add_argument("--data-size", type=int, default=None,
                    help="Size of the sample-id space (ids lie in [0, data-size)). Defaults to the "
@@ -57,15 +50,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="Learning rate of the temperature (logit-scale group or per-sample τ).")
     g.add_argument("--lr-tau-scheduler", choices=("cosine", "const", "const-cooldown", "step-thresh"),
                    default=None, help="Schedule of --lr-tau.")
-    g.add_argument("--tau-grad", choices=("exact", "reference"), default="exact",
+    g.add_argument("--tau-grad", choices=TAU_GRAD_MODES, default="exact",
                    help="exact: the true RGCL-g temperature gradient; reference: the reference "
                         "code's (double-weighted τ·∂g/u term), for which published ρ were tuned.")
     g.add_argument("--stop-epochs", type=int, default=None,
                    help="Stop cleanly after this epoch (with a checkpoint) for chained jobs; "
-    g.add_argument("--count-communication", action="store_true", default=False,
-                   help="Count the bytes each rank sends per step (loss collectives, gradient "
-                        "reduction) and log them after each epoch; off, OpenCLIP's and Horovod's "
-                        "collectives run untouched.")
                         "schedules still follow --epochs.")
     g.add_argument("--skip-invalid-ids", action="store_true", default=False,
                    help="Skip (count and warn) webdataset samples whose id is missing or outside "
@@ -73,6 +62,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fcco-state-fresh", action="store_true", default=False,
                    help="Allow resuming a FastCLIP run from a checkpoint without FCCO state "
                         "(the state restarts from zero).")
+    g.add_argument("--count-communication", action="store_true", default=False,
+                   help="Count the bytes each rank sends per step (loss collectives, gradient "
+                        "reduction) and log them after each epoch; off, OpenCLIP's and Horovod's "
+                        "collectives run untouched.")
 
 
 def _fail(parser, message):
@@ -82,8 +75,7 @@ def _fail(parser, message):
 
 def apply_preset(args) -> None:
     """Fill every preset-controlled flag the user did not give from the version's preset."""
-    preset = PRESETS[args.fastclip_version]
-    for name, value in preset.items():
+    for name, value in preset(args.fastclip_version).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
     if args.lr_tau is None:
@@ -113,11 +105,11 @@ def validation_errors(args):
         yield "--temperature-scheme individual-learnable needs --data-size (the sample-id space)"
     if args.data_size is not None and args.data_size < 1:
         yield f"--data-size must be positive, got {args.data_size}"
-    loss = LOSS_OF_VERSION[args.fastclip_version]
-    individual = args.temperature_scheme == "individual-learnable"
-    if individual != (loss == "RGCL"):
+    objective = VERSIONS[args.fastclip_version].objective
+    if args.temperature_scheme not in SCHEMES_OF_OBJECTIVE[objective]:
         yield f"--temperature-scheme {args.temperature_scheme} does not fit " \
-              f"--fastclip-version {args.fastclip_version} ({loss})"
+              f"--fastclip-version {args.fastclip_version} ({objective} needs " \
+              f"{' or '.join(SCHEMES_OF_OBJECTIVE[objective])})"
     if args.siglip or args.distill_model or "coca" in args.model.lower():
         yield "--fastclip replaces the CLIP contrastive loss: it cannot be combined with " \
               "--siglip, distillation or CoCa"
@@ -144,12 +136,36 @@ def finalize_args(args, parser) -> None:
         _fail(parser, message)
 
 
+def effective_version(args):
+    """The version record with this run's flags applied (call after :func:`finalize_args`)."""
+    return VERSIONS[args.fastclip_version].with_overrides(
+        **{name: getattr(args, name) for name in PRESET_FLAGS})
+
+
 def effective_config(args) -> dict:
-    """The FastCLIP settings in force, for one log line."""
+    """The FastCLIP settings in force, for one log line; ``tau_learned`` says what of τ is
+    trained (the loss, the logit scale's requires_grad and its optimizer group all follow it)."""
     names = ("fastclip_version", "data_size", "temperature_scheme", "temperature", "rho",
              "fastclip_eps", "gamma_schedule", "gamma_min", "gamma_decay_epochs", "gamma_per_step",
              "lr_tau", "lr_tau_scheduler", "tau_grad", "opt")
-    return {name: getattr(args, name) for name in names}
+    config = {name: getattr(args, name) for name in names}
+    config["tau_learned"] = effective_version(args).learned_tau()
+    return config
+
+
+def loss_kwargs(args, data_size=None) -> dict:
+    """Every keyword of ``losses.FastCLIPLoss`` that the flags decide, i.e. all but ``comm``
+    (the trainer's backend) and those left at their defaults: ``gamma`` (the trainer sets it
+    every step from the γ schedule) and ``state_device`` / ``state_dtype`` (CPU, float32).
+    ``data_size`` (default --data-size) is the id space the data found when the flag is unset."""
+    spec = effective_version(args)
+    return dict(
+        version=args.fastclip_version, data_size=args.data_size if data_size is None else data_size,
+        temperature_scheme=spec.temperature_scheme, temperature=spec.temperature, rho=spec.rho,
+        eps=args.fastclip_eps, tau_grad_mode=args.tau_grad, lr_tau=spec.lr_tau,
+        # the per-sample τ Adam (v2) borrows the model optimizer's betas/eps where it has them
+        tau_betas=(args.beta1 or 0.9, args.beta2 or 0.999), tau_eps=args.eps or 1e-8,
+        tau_min=spec.tau_min, tau_max=spec.tau_max)
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: list the flags

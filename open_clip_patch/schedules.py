@@ -1,13 +1,13 @@
 """γ schedules for the FCCO moving average and lr schedules for the temperature param group.
 
-γ (fastclip.md §4): the first epoch always uses γ = 1 (u starts at 0, so u = g); afterwards
+γ (docs/algorithm.md §4): the first epoch always uses γ = 1 (u starts at 0, so u = g); afterwards
 "constant" uses γ_min and "cosine" decays ½(1 + cos(π·E_cur/E))·(1 − γ_min) + γ_min over E
 epochs, then stays at γ_min. The paper steps γ once per epoch; ``per_step=True`` uses the
 fractional epoch instead.
 
 τ learning rate (v0, v3: the logit-scale param group): "cosine", "const", "const-cooldown" reuse
 OpenCLIP's schedulers restricted to that one group; "step-thresh" keeps lr_tau constant (after
-warm-up) and multiplies it by 1/3 once τ ≤ 0.03 (fastclip.md §3). OpenCLIP's main scheduler sets
+warm-up) and multiplies it by 1/3 once τ ≤ 0.03 (docs/algorithm.md §3). OpenCLIP's main scheduler sets
 the lr of *every* group, so call the τ schedule after it in each step.
 """
 import math

@@ -1,6 +1,6 @@
 """Per-sample FCCO state, indexed by a training sample's global id in [0, data_size).
 
-Every rank keeps a full replica (as the reference implementation does, fastclip.md §5): a step
+Every rank keeps a full replica (as the reference implementation does, docs/algorithm.md §5): a step
 reads the rows of its local ids, and after the one scalar all-gather writes the rows of the whole
 global batch, so all replicas stay identical. The columns live in one (data_size, C) tensor:
 reading a batch is a single row gather and a single host-to-device copy, and only the batch's rows

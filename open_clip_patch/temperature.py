@@ -1,9 +1,12 @@
-"""The four temperature rules (fastclip.md §3): how τ is initialised, frozen and scheduled.
+"""The temperature rules (docs/algorithm.md §3): how τ is initialised, frozen and scheduled.
 
 A global τ is OpenCLIP's logit scale θ with τ = exp(−θ) = 1 / logit_scale. It is frozen for the
-``global-constant`` scheme (v1, SogCLR) and for ``individual-learnable`` (v2, iSogCLR: the
-per-sample τ live in the loss's state), and learned with its own parameter group and learning
-rate schedule for ``global-learnable`` (v0, v3). OpenCLIP's clamp θ ∈ [0, ln 100] stays.
+``global-constant`` scheme (v1, SogCLR by default) and for ``individual-learnable`` (v2, iSogCLR:
+the per-sample τ live in the loss's state), and learned with its own parameter group and learning
+rate schedule for ``global-learnable`` (v0, v3 by default). The scheme is the run's effective one
+(``--temperature-scheme`` over the version's), the same the loss reads (params.loss_kwargs), so
+a learned τ is live in the loss exactly when the logit scale has a gradient and an lr_τ group.
+OpenCLIP's clamp θ ∈ [0, ln 100] stays.
 """
 import logging
 import math

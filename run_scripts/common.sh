@@ -272,7 +272,7 @@ setup_run() {
 }
 
 # FastCLIP: v3 by default with the published v3 settings; VERSION picks another preset, which
-# then keeps its own ρ / lr_tau / temperature (params.py PRESETS) but this scale's γ and ε.
+# then keeps its own ρ / lr_tau / temperature (open_clip_patch/versions.py) but this scale's γ and ε.
 fastclip_main() {
     local version=${VERSION:-v3}
     case "$version" in

@@ -25,7 +25,8 @@ import open_clip_patch  # noqa: F401  (registers fastclip-tiny-vit)
 import open_clip
 from open_clip_patch.comm import (HorovodComm, LocalComm, ReplicaMismatch, TorchDistributedComm,
                                   check_identical_across_ranks, create_comm)
-from open_clip_patch.losses import VERSIONS as LOSS_VERSIONS, FastCLIPLoss
+from open_clip_patch.losses import FastCLIPLoss
+from open_clip_patch.versions import VERSIONS as LOSS_VERSIONS
 from open_clip_patch.traffic import (TrafficMeter, count_ddp_gradients, count_horovod_gradients,
                                      count_openclip_loss)
 
@@ -52,7 +53,7 @@ def tiny_model(dtype, version=None):
     is not a learnable global one (as the trainer's temperature hook does)."""
     torch.manual_seed(0)
     model = open_clip.create_model(MODEL, output_dict=True).to(dtype)
-    if version is not None and LOSS_VERSIONS[version].temperature != "global-learnable":
+    if version is not None and not LOSS_VERSIONS[version].learnable_global_tau:
         model.logit_scale.requires_grad_(False)
     return model
 

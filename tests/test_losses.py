@@ -1,4 +1,4 @@
-"""FCCO losses against objectives written directly from their definitions (fastclip.md §1-§3).
+"""FCCO losses against objectives written directly from their definitions (docs/algorithm.md §1-§3).
 
 All math checks run in float64 with float64 state, so agreement is to rounding error.
 """
@@ -176,12 +176,12 @@ def test_isogclr_moving_average_tau_step():
     loss = make_loss("isogclr", rho=rho, lr_tau=lr, tau_min=0.001, tau_max=1.0)
     set_individual_tau(loss, IDS, tau_img, tau_txt)
     previous = torch.linspace(-1, 1, N, dtype=F64)
-    loss.state.column("tau_grad_avg_image")[IDS] = previous
+    loss.state.column("tau_grad_ema_image")[IDS] = previous
     loss(IMG, TXT, None, IDS)
     average = 0.1 * previous + 0.9 * grad_img    # LibAUC: newest gradient weighted 0.9
-    assert_close(loss.state.column("tau_grad_avg_image")[IDS], average)
+    assert_close(loss.state.column("tau_grad_ema_image")[IDS], average)
     assert_close(loss.state.column("tau_image")[IDS], (tau_img - lr * average).clamp(0.001, 1))
-    assert_close(loss.state.column("tau_grad_avg_text")[IDS], 0.9 * grad_txt)
+    assert_close(loss.state.column("tau_grad_ema_text")[IDS], 0.9 * grad_txt)
 
 
 def test_reference_mode_doubles_only_the_tau_dg_term():
@@ -189,11 +189,11 @@ def test_reference_mode_doubles_only_the_tau_dg_term():
     for version in ("v3", "v0"):
         _, ex_img, ex_txt, ex_theta = loss_gradients(make_loss(version), IMG, TXT, THETA, IDS)
         _, rf_img, rf_txt, rf_theta = loss_gradients(
-            make_loss(version, tau_grad="reference"), IMG, TXT, THETA, IDS)
+            make_loss(version, tau_grad_mode="reference"), IMG, TXT, THETA, IDS)
         assert_close(rf_img, ex_img)
         assert_close(rf_txt, ex_txt)
         # The extra θ-gradient is that of τ̄·mean log(ε+g(τ)) (v3) / mean log(ε+g(τ)) (v0),
-        # with τ̄ a constant: the τ·∂g/(ε+u) term once more (fastclip.md §3).
+        # with τ̄ a constant: the τ·∂g/(ε+u) term once more (docs/algorithm.md §3).
         prefactor = tau if version == "v3" else 1.0
         _, _, _, dg_term = objective_gradients(
             lambda i, t, tau_live: prefactor * mean_log_objective(i, t, tau_live), IMG, TXT, THETA)
@@ -319,16 +319,16 @@ def run_ranks(world_size, losses, replicas, x_img, x_txt, ids):
     return [torch.stack(per_rank).mean(0) for per_rank in zip(*results)]
 
 
-@pytest.mark.parametrize("version,tau_grad,world_size", [
+@pytest.mark.parametrize("version,tau_grad_mode,world_size", [
     ("v1", "exact", 2), ("v2", "exact", 3), ("v3", "exact", 2), ("v3", "reference", 3),
     ("v0", "reference", 2)])
-def test_ranks_average_to_the_single_process_gradient(version, tau_grad, world_size):
+def test_ranks_average_to_the_single_process_gradient(version, tau_grad_mode, world_size):
     data_size, n = 20, 6
     gen = torch.Generator().manual_seed(5)
     encoders = TinyEncoders()
-    single = make_loss(version, data_size, tau_grad=tau_grad)
+    single = make_loss(version, data_size, tau_grad_mode=tau_grad_mode)
     group = ThreadGroup(world_size)
-    ranks = [make_loss(version, data_size, tau_grad=tau_grad, comm=ThreadComm(group, r))
+    ranks = [make_loss(version, data_size, tau_grad_mode=tau_grad_mode, comm=ThreadComm(group, r))
              for r in range(world_size)]
     if single.individual_tau:   # distinct per-sample τ, the same in every replica
         tau = 0.02 + 0.3 * torch.rand(data_size, generator=gen, dtype=F64)
@@ -351,7 +351,8 @@ def test_ranks_average_to_the_single_process_gradient(version, tau_grad, world_s
             assert torch.equal(loss.state.values, ranks[0].state.values)
         assert_close(ranks[0].state.values.nan_to_num(neginf=0.0),
                      single.state.values.nan_to_num(neginf=0.0), tol=1e-12)
-    print(f"{version}/{tau_grad} K={world_size}: max |avg rank grad - single| {max(errors):.1e}")
+    print(f"{version}/{tau_grad_mode} K={world_size}: "
+          f"max |avg rank grad - single| {max(errors):.1e}")
 
 
 def test_state_dict_round_trip_resumes_identically():
@@ -373,6 +374,21 @@ def test_state_dict_round_trip_resumes_identically():
         make_loss("v3", data_size=16).load_state_dict(first.state_dict())
     with pytest.raises(ValueError, match="data_size=17"):
         make_loss("v2", data_size=17).load_state_dict(first.state_dict())
+
+
+def test_checkpoint_with_the_former_isogclr_column_name_loads():
+    """The iSogCLR gradient average was stored as tau_grad_avg_* before it became
+    tau_grad_ema_*; such checkpoints still resume."""
+    first = make_loss("isogclr")
+    first(IMG, TXT, None, IDS)
+    saved = first.state_dict()
+    state = saved["_extra_state"]["state"]
+    assert "tau_grad_ema_image" in state["columns"]
+    state["columns"] = [name.replace("tau_grad_ema", "tau_grad_avg") for name in state["columns"]]
+    second = make_loss("isogclr")
+    second.load_state_dict(saved)
+    assert second.state.columns == first.state.columns
+    assert torch.equal(second.state.values, first.state.values)
 
 
 @pytest.mark.parametrize("bad_id", [16, -1, 10**12])
@@ -459,13 +475,14 @@ def test_output_dict_diagnostics_are_detached_scalars():
 def test_configuration_is_validated_and_described():
     with pytest.raises(ValueError, match="unknown FCCO version"):
         FastCLIPLoss("v4", 10)
-    with pytest.raises(ValueError, match="tau_grad"):
-        FastCLIPLoss("v3", 10, tau_grad="approx")
+    with pytest.raises(ValueError, match="tau_grad_mode"):
+        FastCLIPLoss("v3", 10, tau_grad_mode="approx")
     loss = FastCLIPLoss("v3", 10)
     with pytest.raises(ValueError, match="gamma"):
         loss.gamma = 0.0
-    assert "tau_grad=exact" in repr(loss) and "rho=6.5" in loss.describe()
-    assert "tau_grad=reference" in FastCLIPLoss("v0", 10, tau_grad="reference").describe()
+    assert "tau_grad_mode=exact" in repr(loss) and "rho=6.5" in loss.describe()
+    assert "tau_grad_mode=reference" in FastCLIPLoss("v0", 10,
+                                                     tau_grad_mode="reference").describe()
     assert FastCLIPLoss("v2", 1000).nbytes() == 1000 * 8 * 4     # u, τ, m, v per side, float32
     assert FastCLIPLoss("v1", 1000).nbytes() == 1000 * 2 * 4
 

@@ -200,7 +200,7 @@ def parse_trainer(flags):
 
 @pytest.mark.parametrize("version", ["v0", "v1", "v2", "v3", "sogclr", "isogclr"])
 def test_version_switch_keeps_the_scale_and_uses_the_preset(version):
-    from open_clip_patch.params import PRESETS
+    from open_clip_patch.params import preset as preset_of
 
     pub = PUBLISHED["medium"]
     _, flags = split_command(dry_run("medium.sh", "torchrun", 1, 8, VERSION=version))
@@ -216,7 +216,7 @@ def test_version_switch_keeps_the_scale_and_uses_the_preset(version):
     if version == "v3":
         assert (args.rho, args.lr_tau, args.tau_grad) == (pub["rho"], pub["lr_tau"], "reference")
     else:  # the preset's own ρ / lr_tau / temperature; our exact τ-gradient
-        preset = PRESETS[version]
+        preset = preset_of(version)
         assert not {"--rho", "--lr-tau", "--temperature", "--tau-grad"} & set(values)
         assert (args.rho, args.temperature) == (preset["rho"], preset["temperature"])
         assert args.lr_tau == (preset["lr_tau"] if preset["lr_tau"] is not None else pub["lr"])
