@@ -77,7 +77,7 @@ def final_table(runs, metrics):
                   if e and base and e["value"] is not None and base["value"] is not None
                   else "–" for e in entries[1:]]
         rows.append([LABELS.get(metric, metric)] + [fmt(e) for e in entries] + deltas)
-    return _markdown(header, rows)
+    return markdown_table(header, rows)
 
 
 def task_table(runs):
@@ -88,13 +88,19 @@ def task_table(runs):
     for key in keys:
         name = TASKS_BY_KEY[key].name if key in TASKS_BY_KEY else key
         cells = [finals[n].get(key) for n in runs]
-        rows.append([name] + ["–" if v is None else f"{100 * v:.2f}" for v in cells])
-    return _markdown(["task (main metric ×100)"] + list(runs), rows)
+        rows.append([name] + [pct(v) for v in cells])
+    return markdown_table(["task (main metric ×100)"] + list(runs), rows)
 
 
-def _markdown(header, rows):
+def pct(value):
+    """A fraction as a ×100 cell with two decimals; "–" for a missing value."""
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def markdown_table(header, rows):
+    """A markdown table; cells may be any value (written with str)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def plot_metric(runs, metric, path):
