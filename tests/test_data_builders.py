@@ -14,10 +14,12 @@ import webdataset as wds
 from PIL import Image, ImageDraw
 from torchvision import transforms
 
-from open_clip_patch import demo_data
-from open_clip_patch.demo_data import (DataUnavailable, build_demo_data, emoji_caption,
-                                       fetch_twemoji_tarball, split_groups)
-from open_clip_patch.digits_data import DIGIT_WORDS, write_digits_shards
+from demo.data import __main__ as data_cli
+from demo.data.build import build_demo_data, split_groups
+from demo.data.digits import DIGIT_WORDS, write_digits_shards
+from demo.data.npm import DataUnavailable
+from demo.data.twemoji import (EMOJI_TEMPLATES, TWEMOJI, TWEMOJI_IMAGE_DIR, emoji_caption,
+                               fetch_twemoji_tarball)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TONES = ("1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF")
@@ -110,7 +112,7 @@ def test_truncated_shard_fails_while_the_others_read(tmp_path):
 
 
 def test_digits_command_line_prints_train_data_and_data_size(tmp_path, capsys):
-    assert demo_data.main(["digits", "--out", str(tmp_path), "--num-samples", "20"]) == 0
+    assert data_cli.main(["digits", "--out", str(tmp_path), "--num-samples", "20"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == {"train_data": str(tmp_path / "{00000..00001}.tar"), "num_samples": 20,
                        "data_size": 10_010}
@@ -175,7 +177,7 @@ def write_fake_twemoji_tarball(path):
         for shade, variant in enumerate(variants):
             if variant["has_img_twitter"]:
                 colour = (number * 16, shade * 40, 200, 255)
-                files[demo_data.TWEMOJI_IMAGE_DIR + variant["image"]] = _emoji_png(colour)
+                files[TWEMOJI_IMAGE_DIR + variant["image"]] = _emoji_png(colour)
     files["package/img/twitter/32/1f000.png"] = b"other sizes are ignored"
     with tarfile.open(path, "w:gz") as tar:
         for name, data in files.items():
@@ -241,7 +243,7 @@ def test_fake_twemoji_zeroshot_set_loads_in_clip_benchmark(fake_twemoji):
                                   "zeroshot_classification")
     # classes follow emoji.json's sort_order (reversed in the fake), not the file's order
     assert dataset.classes == ["flags", "people and body", "smileys and emotion"]
-    assert dataset.templates == list(demo_data.EMOJI_TEMPLATES)
+    assert dataset.templates == list(EMOJI_TEMPLATES)
     assert len(items) == manifest["counts"]["heldout"]["samples"]
     assert sorted({label for _, label in items}) == [0, 1, 2]  # stratified: each category
     assert items[0][0].shape == (3, 16, 16)
@@ -287,7 +289,7 @@ def test_auto_falls_back_to_digits_in_one_line_when_npm_is_missing(tmp_path, cap
 
 
 def test_cached_tarball_with_wrong_integrity_is_discarded(tmp_path):
-    bad = tmp_path / demo_data.TWEMOJI_TARBALL
+    bad = tmp_path / TWEMOJI.tarball
     bad.write_bytes(b"not the pinned tarball")
     with pytest.raises(DataUnavailable):
         fetch_twemoji_tarball(tmp_path, npm="no-such-npm-here")

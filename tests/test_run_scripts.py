@@ -325,7 +325,7 @@ def test_xlarge_chain_resumes_in_three_epoch_jobs(tmp_path):
 # --- a tiny real run through the same scripts --------------------------------------------------
 @pytest.fixture(scope="module")
 def digits_shards(tmp_path_factory):
-    from open_clip_patch.digits_data import write_digits_shards
+    from demo.data.digits import write_digits_shards
 
     return write_digits_shards(tmp_path_factory.mktemp("digits"), num_shards=2, num_samples=64)
 

@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from open_clip_patch.digits_data import write_digits_shards
+from demo.data.digits import write_digits_shards
 from trainer_utils import run_trainer
 
 VERSIONS = ("v0", "v1", "v2", "v3", "sogclr", "isogclr")

@@ -1,22 +1,20 @@
-"""scikit-learn digits as img2dataset-style webdataset shards, for the trainer tests.
+"""Captioned images and the img2dataset-style shard writer every demo data source uses.
 
-``load_digits`` ships inside the scikit-learn wheel (1,797 8×8 images), so these shards build
-offline in about a second. They follow the layout OpenCLIP reads after img2dataset::
+Shards follow the layout OpenCLIP reads after img2dataset::
 
     OUT/00000.tar, 00001.tar, ...   samples <key>.png (RGB), <key>.txt (caption),
-                                    <key>.json {"key", "caption", "label", "row"}
+                                    <key>.json {"key", "caption", **meta}
     OUT/sizes.json                  {"00000.tar": count, ...}: OpenCLIP's dataset size
     OUT/00000_stats.json, ...       img2dataset's per-shard counts (input rows vs written)
 
 Keys follow img2dataset: a 9-digit string equal to ``shard * 10**4 + row_in_shard``, and the
-same integer is the per-sample id (design §5). The id space (what ``--data-size`` should be)
-counts every planned row, written or not, so it is larger than the number of samples.
+same integer is the per-sample id (docs/algorithm.md §6). The id space (what ``--data-size``
+should be) counts every planned row, written or not, so it is larger than the number of samples.
 
-The three broken-data cases the trainer must reject or survive are arguments of
-:func:`write_digits_shards`: ``skip_every`` (gaps in the id space, like download failures),
-``rogue_key`` (one sample whose id lies outside the id space) and ``truncate_shard``
-(a shard cut off mid-sample). ``python -m open_clip_patch.demo_data digits --out DIR`` writes
-the plain version. The Twemoji demo (``demo_data.py``) reuses the shard writer below.
+A source family (``digits.py``, ``twemoji.py``) turns its raw data into a :class:`DemoSource`
+of :class:`CaptionedImage` items; ``build.py`` splits it and writes it with
+:func:`write_img2dataset_shards`. ``skip_every``, ``rogue_key`` and :func:`truncate_shard` make
+the broken-data cases the trainer must reject or survive (see ``digits.write_digits_shards``).
 """
 import io
 import json
@@ -24,19 +22,10 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 KEY_WIDTH = 9  # img2dataset: 4 digits of row (10,000 samples per shard) + 5 digits of shard
 ROWS_PER_SHARD_STRIDE = 10_000
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-# A little variety so a class is not a single caption; chosen by row, so it is deterministic.
-DIGIT_CAPTION_TEMPLATES = (
-    "a photo of the digit {digit}",
-    "a handwritten digit {digit}",
-    "a photo of the number {word}",
-    "the number {word}, written by hand",
-)
 
 
 @dataclass(frozen=True)
@@ -45,6 +34,18 @@ class CaptionedImage:
     image: Image.Image
     caption: str
     meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class DemoSource:
+    """What a source family hands the builder. Items carry ``meta["group"]`` (the unit of
+    splitting: an emoji with all its skin tones) and ``meta["label"]`` (a class index)."""
+    name: str
+    items: list
+    classnames: list
+    templates: tuple
+    attribution: str
+    provenance: dict
 
 
 @dataclass
@@ -152,52 +153,3 @@ def truncate_shard(path):
     with open(path, "r+b") as handle:
         handle.truncate(cut)
     return cut
-
-
-def digit_caption(label, row):
-    template = DIGIT_CAPTION_TEMPLATES[row % len(DIGIT_CAPTION_TEMPLATES)]
-    return template.format(digit=label, word=DIGIT_WORDS[label])
-
-
-def digit_image(pixels_8x8, image_size):
-    """Dark ink on white (like the emoji), RGB, upscaled smoothly to image_size."""
-    ink = np.asarray(pixels_8x8, dtype=np.float64) / 16.0  # load_digits values are 0..16
-    gray = Image.fromarray(np.round(255 * (1 - ink)).astype(np.uint8), mode="L")
-    return gray.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-
-
-def load_digit_items(image_size=32, num_samples=None, unique_captions=False):
-    """The first ``num_samples`` (default all 1,797) digits as CaptionedImage in dataset order.
-
-    ``unique_captions`` appends the row number, so every caption names exactly one sample.
-    """
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    total = len(digits.target)
-    count = total if num_samples is None else num_samples
-    if not 1 <= count <= total:
-        raise ValueError(f"num_samples must be in [1, {total}], got {num_samples}")
-    items = []
-    for row in range(count):
-        label = int(digits.target[row])
-        caption = digit_caption(label, row) + (f", sample {row}" if unique_captions else "")
-        items.append(CaptionedImage(digit_image(digits.images[row], image_size), caption,
-                                    {"label": label, "row": row}))
-    return items
-
-
-def write_digits_shards(out_dir, num_shards=2, image_size=32, *, num_samples=None, skip_every=0,
-                        rogue_key=None, truncate_shard_index=None, unique_captions=False):
-    """Write digits shards into ``out_dir`` and return their :class:`ShardSet`.
-
-    Failure cases for tests: ``skip_every`` (id gaps), ``rogue_key`` (one id outside the id
-    space; ``record.id_space`` is a convenient choice) and ``truncate_shard_index`` (that shard
-    is cut mid-sample after writing; sizes.json still states its full count).
-    """
-    items = load_digit_items(image_size, num_samples, unique_captions)
-    record = write_img2dataset_shards(out_dir, items, num_shards, skip_every=skip_every,
-                                      rogue_key=rogue_key)
-    if truncate_shard_index is not None:
-        truncate_shard(record.paths[truncate_shard_index])
-    return record
