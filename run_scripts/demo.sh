@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: OpenCLIP vs FastCLIP-v3 vs SigLIP side by side on the Twemoji demo data, on a CPU
-# (eval/demo.py does the work: data, training, per-epoch evaluation, report). Run after
+# (the demo/ package does the work: data, training, per-epoch evaluation, report). Run after
 # `make patch`, from anywhere:
 #   bash run_scripts/demo.sh                  # full demo -> build/demo/report.md, curves.png
 #   bash run_scripts/demo.sh --quick          # digits, 2 short epochs (what the tests run)
@@ -9,9 +9,9 @@
 #   bash run_scripts/demo.sh tune --jobs 2    # re-run the tuning grids (validation split only)
 #   bash run_scripts/demo.sh --batch-size 32 --methods openclip,fastclip-v3,fastclip-v1  # regime
 # Environment: PYTHON (default: the repository's .venv python, else python from PATH),
-# OMP_NUM_THREADS (default 2: the demo is sized for two cores). Flags go to eval/demo.py.
+# OMP_NUM_THREADS (default 2: the demo is sized for two cores). Flags go to `python -m demo`.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"   # REPO_ROOT, venv_program
-cd "$REPO_ROOT"   # eval/ is a package of the repository root, not an installed one
+cd "$REPO_ROOT"   # demo/ and eval/ are packages of the repository root, not installed ones
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-exec "${PYTHON:-$(venv_program python)}" -m eval.demo "$@"
+exec "${PYTHON:-$(venv_program python)}" -m demo "$@"

@@ -1,19 +1,21 @@
-"""`make demo` (run_scripts/demo.sh -> eval/demo.py): the quick demo end to end, the report's
-numbers against the evaluation files, the comparison arithmetic and the tuning rules."""
+"""`make demo` (run_scripts/demo.sh -> python -m demo): the quick demo end to end, the report's
+numbers against the evaluation files, the comparison arithmetic, the method table, the tuning
+rules and the tuning record."""
 import json
 import os
 import re
 import subprocess
 import sys
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
-from eval import demo
+from demo import compare, evaluate, methods, report, runner, tuning
+from demo.methods import DEFAULT_METHODS, FULL, METHODS, QUICK, Method
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD_LABELS = {name: demo.METHODS[name].label for name in demo.DEFAULT_METHODS}
+METHOD_LABELS = {name: METHODS[name].label for name in DEFAULT_METHODS}
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,7 @@ def table_rows(markdown, first_header):
 
 
 def eval_records(run_dir, epoch):
-    """The evaluation output of one checkpoint, read directly (not through eval/demo.py)."""
+    """The evaluation output of one checkpoint, read directly (not through demo/)."""
     path = run_dir / "eval" / f"epoch_{epoch}" / "demo_results.jsonl"
     return {r["key"]: r for r in map(json.loads, path.read_text().splitlines())}
 
@@ -71,8 +73,8 @@ def test_report_numbers_are_the_evaluation_output(quick_demo):
     out, _ = quick_demo
     final = table_rows((out / "report.md").read_text(), "method")
     for name, label in METHOD_LABELS.items():
-        records = eval_records(out / "runs" / name, demo.QUICK.epochs)
-        for _, header, task, metric in demo.COLUMNS:
+        records = eval_records(out / "runs" / name, QUICK.epochs)
+        for _, header, task, metric in evaluate.COLUMNS:
             assert final[label][header] == f"{100 * records[task]['metrics'][metric]:.2f}", \
                 (name, header)
         samples_seen = records["heldout_retrieval"]["info"]["samples_seen"]
@@ -82,14 +84,14 @@ def test_report_numbers_are_the_evaluation_output(quick_demo):
 def test_every_epoch_is_checkpointed_and_evaluated(quick_demo):
     out, _ = quick_demo
     per_epoch = table_rows((out / "report.md").read_text(), "epoch")
-    assert sorted(map(int, per_epoch)) == list(range(1, demo.QUICK.epochs + 1))
+    assert sorted(map(int, per_epoch)) == list(range(1, QUICK.epochs + 1))
     for name in METHOD_LABELS:
         run_dir = out / "runs" / name
         train = json.loads((run_dir / "train.json").read_text())
         # what the trainer logged it saw per epoch equals what the driver predicts
-        assert train["samples_per_epoch"] == demo.expected_samples_per_epoch(
-            demo.QUICK.train_num_samples, demo.QUICK.batch_size, demo.QUICK.workers)
-        for epoch in range(1, demo.QUICK.epochs + 1):
+        assert train["samples_per_epoch"] == runner.expected_samples_per_epoch(
+            QUICK.train_num_samples, QUICK.batch_size, QUICK.workers)
+        for epoch in range(1, QUICK.epochs + 1):
             assert (run_dir / "checkpoints" / f"epoch_{epoch}.pt").is_file()
             retrieval = eval_records(run_dir, epoch)["heldout_retrieval"]
             assert retrieval["info"]["samples_seen"] == epoch * train["samples_per_epoch"]
@@ -103,7 +105,7 @@ def test_results_json_comparison_matches_the_points(quick_demo):
     base = results["runs"]["openclip"]["points"][-1]["mean_r1"]
     fast = results["runs"]["fastclip-v3"]["points"][-1]["mean_r1"]
     assert results["comparison"]["ratio_final"] == pytest.approx(fast / base)
-    assert eval_records(out / "runs" / "openclip", demo.QUICK.epochs)[
+    assert eval_records(out / "runs" / "openclip", QUICK.epochs)[
         "heldout_retrieval"]["metrics"]["mean_recall@1"] == base
 
 
@@ -115,29 +117,29 @@ def points(values, per_epoch=100):
 def test_ratio_and_samples_to_reach():
     baseline = points([0.10, 0.20, 0.30, 0.40])
     challenger = points([0.15, 0.30, 0.45, 0.50])
-    assert demo.ratio_at_equal_samples(challenger, baseline) == pytest.approx(
+    assert compare.ratio_at_equal_samples(challenger, baseline) == pytest.approx(
         {100: 1.5, 200: 1.5, 300: 1.5, 400: 1.25})
-    figures = demo.comparison({"openclip": {"points": baseline},
+    figures = compare.comparison({"openclip": {"points": baseline},
                                "fastclip-v3": {"points": challenger}})
     assert figures["ratio_final"] == pytest.approx(1.25)
     assert figures["samples_to_reach"] == 300          # first checkpoint with R@1 >= 0.40
     assert figures["fraction_to_reach"] == pytest.approx(0.75)
-    never = demo.comparison({"openclip": {"points": baseline},
+    never = compare.comparison({"openclip": {"points": baseline},
                              "fastclip-v3": {"points": points([0.1, 0.1, 0.1, 0.39])}})
     assert never["samples_to_reach"] is None and never["fraction_to_reach"] is None
 
 
 def test_expected_samples_per_epoch_rounds_to_whole_batches_per_worker():
-    assert demo.expected_samples_per_epoch(2691, 32, 1) == 85 * 32
-    assert demo.expected_samples_per_epoch(2691, 32, 2) == 86 * 32
-    assert demo.expected_samples_per_epoch(320, 32, 0) == 320
+    assert runner.expected_samples_per_epoch(2691, 32, 1) == 85 * 32
+    assert runner.expected_samples_per_epoch(2691, 32, 2) == 86 * 32
+    assert runner.expected_samples_per_epoch(320, 32, 0) == 320
 
 
 def test_every_method_gets_the_same_tuning_effort():
-    sizes = {name: len(demo.grid_points(m.grid)) for name, m in demo.METHODS.items()}
+    sizes = {name: len(methods.grid_points(m.grid)) for name, m in METHODS.items()}
     assert len(set(sizes.values())) == 1, sizes
-    for name, method in demo.METHODS.items():
-        assert method.tuned in demo.grid_points(method.grid), name
+    for name, method in METHODS.items():
+        assert method.tuned in methods.grid_points(method.grid), name
         # the tuned keys are exactly the grid's; nothing tuned outside the record
         assert set(method.tuned) == set(method.grid) and not set(method.fixed) & set(method.grid)
 
@@ -145,9 +147,9 @@ def test_every_method_gets_the_same_tuning_effort():
 def test_methods_share_everything_but_the_loss_flags():
     manifest = {"root": "/data", "train": {"pattern": "train/{0..3}.tar", "num_samples": 100,
                                            "id_space": 40000}}
-    commands = {name: demo.trainer_command(demo.FULL, manifest,
-                                           demo.method_flags(name, m.tuned, 40000), "logs", name)
-                for name, m in demo.METHODS.items()}
+    commands = {name: runner.trainer_command(FULL, manifest,
+                                           methods.method_flags(name, m.tuned, 40000), "logs", name)
+                for name, m in METHODS.items()}
     shared = {name: command[:command.index("--name")] for name, command in commands.items()}
     assert len({tuple(v) for v in shared.values()}) == 1
     assert "--siglip" in commands["siglip"] and "--fastclip" in commands["fastclip-v3"]
@@ -155,38 +157,103 @@ def test_methods_share_everything_but_the_loss_flags():
     assert v3[v3.index("--data-size") + 1] == "40000"
 
 
+def test_every_hyperparameter_is_the_trainer_flag_of_its_name():
+    """The method table is data: the patched trainer's own parser reads each method's command
+    and every tuned, fixed and grid value lands in the argument of the same name."""
+    from open_clip_train.params import parse_args
+
+    manifest = {"root": "/data", "train": {"pattern": "train/{0..3}.tar", "num_samples": 100,
+                                           "id_space": 40000}}
+    for name, method in METHODS.items():
+        for hyper in [method.tuned] + methods.grid_points(method.grid):
+            command = runner.trainer_command(FULL, manifest,
+                                             methods.method_flags(name, hyper, 40000), "logs",
+                                             name)
+            args = parse_args(command[command.index("open_clip_train.main") + 1:])
+            for key, value in {**method.fixed, **hyper}.items():
+                assert getattr(args, key) == value, (name, key)
+            assert bool(getattr(args, "fastclip", False)) == method.per_sample_state, name
+            assert bool(getattr(args, "siglip", False)) == ("--siglip" in method.loss_flags)
+    with pytest.raises(ValueError, match="unknown method 'clip'"):
+        methods.method_flags("clip", {}, 1)
+
+
+def test_tuned_hyperparameters_are_the_records_best_over_the_whole_grid():
+    """demo/tuning_record.jsonl at FULL settings (seeded shuffle) scores every grid point of the
+    default methods, and each method's tuned point is its best."""
+    full = json.loads(json.dumps(asdict(FULL)))
+    entries = [e for e in tuning.read_record() if e["settings"] == full
+               and e["shuffle"] == "seeded"]
+    for name in DEFAULT_METHODS:
+        method = METHODS[name]
+        own = [e for e in entries if e["method"] == name and e["fixed"] == method.fixed]
+        grid = methods.grid_points(method.grid)
+        assert sorted(map(repr, (e["hyper"] for e in own))) == sorted(map(repr, grid)), name
+        assert max(own, key=lambda e: e["val_mean_r1"])["hyper"] == method.tuned, name
+
+
+def test_report_shows_the_record_lines_of_its_settings_only():
+    runs = {"openclip": {"label": "OpenCLIP", "hyper": dict(lr=1e-3, temperature=0.07)}}
+
+    def entry(settings, lr, score, method="openclip"):
+        return {"method": method, "hyper": dict(lr=lr, temperature=0.07), "fixed": {},
+                "settings": asdict(settings), "shuffle": "seeded", "val_mean_r1": score}
+
+    entries = [entry(FULL, 1e-3, 0.2075), entry(replace(FULL, seed=3), 5e-4, 0.1888),
+               entry(replace(FULL, batch_size=32), 1e-3, 0.30), entry(FULL, 1e-3, 0.5, "siglip")]
+    table, = report.tuning_lines(entries, replace(FULL, seed=1), runs)
+    rows = [line for line in table.splitlines()[2:]]
+    assert rows == ["| OpenCLIP | lr 0.001, temperature 0.07 | 20.75 | 0 | seeded | used |",
+                    "| OpenCLIP | lr 0.0005, temperature 0.07 | 18.88 | 3 | seeded |  |"]
+    none, = report.tuning_lines(entries, QUICK, runs)
+    assert none.startswith("No line of the tuning record")
+
+
 def test_tuning_scores_on_the_validation_split_only(tmp_path, monkeypatch):
-    one_point = demo.Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
+    one_point = Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
                             grid=dict(lr=[1e-3], temperature=[0.07]))
-    monkeypatch.setitem(demo.METHODS, "openclip", one_point)
-    path = demo.run_tuning(tmp_path, demo.QUICK, ["openclip"])
+    monkeypatch.setitem(METHODS, "openclip", one_point)
+    path = tuning.run_tuning(tmp_path, QUICK, ["openclip"])
     result, = json.loads(path.read_text())["results"]
     run_dir = Path(result["run_dir"])
-    records = eval_records(run_dir, demo.QUICK.epochs)
+    records = eval_records(run_dir, QUICK.epochs)
     assert set(records) == {"val_retrieval"}
     assert result["val_mean_r1"] == records["val_retrieval"]["metrics"]["mean_recall@1"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        f"epoch_{demo.QUICK.epochs}.pt"]
+        f"epoch_{QUICK.epochs}.pt"]
 
 
 def test_tuning_keeps_scored_points_and_trains_only_new_ones(tmp_path, monkeypatch):
-    first = demo.Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
+    first = Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
                         grid=dict(lr=[1e-3], temperature=[0.07]))
-    monkeypatch.setitem(demo.METHODS, "openclip", first)
-    demo.run_tuning(tmp_path, demo.QUICK, ["openclip"])
+    monkeypatch.setitem(METHODS, "openclip", first)
+    record = tmp_path / "record.jsonl"
+    tuning.run_tuning(tmp_path, QUICK, ["openclip"], record=record)
     kept, = json.loads((tmp_path / "tuning" / "tuning.json").read_text())["results"]
-    checkpoint = Path(kept["run_dir"]) / "checkpoints" / f"epoch_{demo.QUICK.epochs}.pt"
+    first_line, = tuning.read_record(record)
+    checkpoint = Path(kept["run_dir"]) / "checkpoints" / f"epoch_{QUICK.epochs}.pt"
     written = checkpoint.stat().st_mtime_ns
-    grown = demo.Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
+    grown = Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
                         grid=dict(lr=[1e-3, 5e-4], temperature=[0.07]))
-    monkeypatch.setitem(demo.METHODS, "openclip", grown)
-    results = json.loads(demo.run_tuning(tmp_path, demo.QUICK, ["openclip"]).read_text())
+    monkeypatch.setitem(METHODS, "openclip", grown)
+    results = json.loads(tuning.run_tuning(tmp_path, QUICK, ["openclip"],
+                                           record=record).read_text())
     assert [r["hyper"]["lr"] for r in results["results"]] == [1e-3, 5e-4]
     assert results["results"][0] == kept and checkpoint.stat().st_mtime_ns == written
+    # the record gained the new point only, with the score tuning.json holds
+    lines = tuning.read_record(record)
+    assert lines[0] == first_line and len(lines) == 2
+    assert [(e["hyper"], e["val_mean_r1"]) for e in lines] == [
+        (r["hyper"], r["val_mean_r1"]) for r in results["results"]]
+    assert lines[1]["settings"] == json.loads(json.dumps(asdict(QUICK)))
+    assert lines[1]["fixed"] == {} and lines[1]["shuffle"] == "seeded"
+    # scoring a point again replaces its line instead of adding one
+    assert len(tuning.extend_record(record, QUICK, [{**kept, "val_mean_r1": 0.5}])) == 2
+    assert tuning.read_record(record)[0]["val_mean_r1"] == 0.5
     # other settings: nothing is reused
-    other = demo.previous_results(tmp_path / "tuning", replace(demo.QUICK, epochs=3))
+    other = tuning.previous_results(tmp_path / "tuning", replace(QUICK, epochs=3))
     assert other == []
 
 
 def test_majority_class_share_is_the_most_frequent_label():
-    assert demo.majority_class_share([(None, 2), (None, 2), (None, 0), (None, 2)]) == 0.75
+    assert evaluate.majority_class_share([(None, 2), (None, 2), (None, 0), (None, 2)]) == 0.75

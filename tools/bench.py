@@ -8,7 +8,7 @@ goals):
   2. bytes communicated per step with 2 gloo ranks (tools/bench_comm.py).
   3. FCCO state memory per rank for the published data sizes, from the state objects' reported
      bytes (meta tensors: nothing allocated), plus a measured allocation for the smallest.
-  4. small-batch quality from the demo's report (build/demo/report.json), or a quick demo run.
+  4. small-batch quality from the demo's results (build/demo/results.json), or a quick demo run.
 
 Prints a table and one JSON line per figure; everything also goes to build/bench/results.json.
 """
@@ -176,7 +176,8 @@ def figure_communication(quick):
 
 
 def figure_demo_quality(quick, results=REPO / "build" / "demo" / "results.json"):
-    """Held-out retrieval of FastCLIP-v3 vs OpenCLIP from the demo (eval/demo.py's results)."""
+    """Held-out retrieval of FastCLIP-v3 vs OpenCLIP: the comparison of the demo's results.json
+    (demo/compare.py's figures, written by demo/report.py)."""
     source = f"recorded demo ({Path(results).parent})"
     if quick or not results.exists():
         out = REPO / "build" / "bench" / "demo_quick"
