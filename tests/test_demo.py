@@ -3,7 +3,6 @@ numbers against the evaluation files, the comparison arithmetic, the method tabl
 rules and the tuning record."""
 import json
 import os
-import re
 import subprocess
 import sys
 from dataclasses import asdict, replace

@@ -31,7 +31,7 @@ def _add_demo_flags(parser):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m demo.data",
-                                     description=__doc__.split("\n")[0])
+                                     description=__doc__.split("\n")[0].rstrip(":"))
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="demo data from --source (default auto)")
     _add_demo_flags(demo)
