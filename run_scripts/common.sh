@@ -1,5 +1,5 @@
 # Shared by run_scripts/{medium,large,xlarge}{,_openclip}.sh: turns one scale's published
-# settings (fastclip.md §7) plus the environment into one launcher command, and runs or prints it.
+# settings (docs/algorithm.md §7) plus the environment into one launcher command, and runs or prints it.
 # Sourced, not executed: a scale script calls `use_scale NAME`, then `fastclip_main "$@"` or
 # `openclip_main "$@"`. The published values live only in use_scale below, so FastCLIP and its
 # OpenCLIP baseline cannot drift apart.
@@ -33,7 +33,7 @@ die() {
 
 is_positive_int() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 
-# --- the published settings (fastclip.md §6, §7) --------------------------------------------
+# --- the published settings (docs/algorithm.md §6, §7) --------------------------------------------
 # Shards: img2dataset writes 10,000 rows per shard, so the shard count is ceil(id space / 10^4).
 # DATA_SIZE is the original URL list (the id space), NUM_SAMPLES the pairs actually downloaded.
 # AdamW betas/eps are OpenCLIP's per-architecture defaults, written out so the command shows them.
@@ -288,7 +288,7 @@ fastclip_main() {
     )
     if [[ "$version" == v3 ]]; then
         # The published ρ were tuned with the reference implementation's τ-gradient, which
-        # double-counts the τ·∂g/u term (fastclip.md §3); our default, `exact`, would need
+        # double-counts the τ·∂g/u term (docs/algorithm.md §3); our default, `exact`, would need
         # re-tuned ρ. `--tau-grad reference` reproduces the published runs.
         flags+=(--lr-tau "$PUB_V3_LR_TAU" --rho "$PUB_V3_RHO" --tau-grad reference)
     fi

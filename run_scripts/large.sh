@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Large scale (fastclip.md §7): FastCLIP-v3 (VERSION=v0|v1|v2|sogclr|isogclr for the others),
+# Large scale (docs/algorithm.md §7): FastCLIP-v3 (VERSION=v0|v1|v2|sogclr|isogclr for the others),
 # CC12M, ViT-B/32, global batch 2048, 33 epochs. Baseline: large_openclip.sh.
 #
 # Expected data: img2dataset webdataset shards (10,000 rows each, fewer where downloads

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Medium scale (fastclip.md §7): FastCLIP-v3 (VERSION=v0|v1|v2|sogclr|isogclr for the others),
+# Medium scale (docs/algorithm.md §7): FastCLIP-v3 (VERSION=v0|v1|v2|sogclr|isogclr for the others),
 # CC3M, RN50, global batch 1024, 37 epochs. Baseline: medium_openclip.sh.
 #
 # Expected data: img2dataset webdataset shards (10,000 rows each, fewer where downloads

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Extra-large scale (fastclip.md §7): FastCLIP-v3 (VERSION=... for the others), LAION-400M's 315M
+# Extra-large scale (docs/algorithm.md §7): FastCLIP-v3 (VERSION=... for the others), LAION-400M's 315M
 # downloaded subset, ViT-B/16, global batch 5120, 30 epochs. Too long for one SLURM job:
 # xlarge_chain.sbatch runs it as 3-epoch jobs. Baseline: xlarge_openclip.sh.
 #

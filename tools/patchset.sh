@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The patch set over the pinned OpenCLIP sdist (design.md §2).
+# The patch set over the pinned OpenCLIP sdist (docs/architecture.md, "The hook seam").
 #
 #   tools/patchset.sh apply     unpack the pinned sdist into $TREE as an `upstream` commit and
 #                               apply $PATCH_DIR/series with `git am --3way`; a no-op when the
