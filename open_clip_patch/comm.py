@@ -6,6 +6,9 @@ same shape from every rank along dim 0 in rank order, without autograd:
 - ``all_gather_no_grad(t)``: once per step, the stacked [image; text] features (2b x d).
 - ``all_gather_scalars(t)``: once per step, the per-sample scalars with the ids packed in
   (float64, so ids up to 2**53 stay exact).
+- ``all_to_all(t, send_splits, recv_splits)``: once per step with sharded FCCO state, the old
+  rows each owner holds for the other ranks' local ids (rows of ``t`` go to the ranks in order,
+  ``send_splits[s]`` of them to rank s; ``recv_splits[s]`` arrive from rank s).
 
 Backends follow OpenCLIP's own flags (``create_comm``): ``--horovod`` gives :class:`HorovodComm`
 (``hvd.allgather``), a torch.distributed process group (torchrun, SLURM ``srun``) gives
@@ -44,6 +47,9 @@ class LocalComm:
     def all_gather_scalars(self, tensor: torch.Tensor, category: str = LOSS) -> torch.Tensor:
         return tensor.detach()
 
+    def all_to_all(self, tensor, send_splits, recv_splits, category: str = LOSS):
+        return tensor.detach()
+
     def __repr__(self) -> str:
         return "LocalComm()"
 
@@ -69,6 +75,14 @@ class _CountingComm:
     def all_gather_scalars(self, tensor: torch.Tensor, category: str = LOSS) -> torch.Tensor:
         return self._counted_gather(tensor, category, "scalars")
 
+    def all_to_all(self, tensor: torch.Tensor, send_splits, recv_splits,
+                   category: str = LOSS) -> torch.Tensor:
+        tensor = tensor.detach().contiguous()
+        send_splits, recv_splits = [int(n) for n in send_splits], [int(n) for n in recv_splits]
+        if self.meter is not None:
+            self.meter.all_to_all_rows(category, tensor, send_splits, self.rank)
+        return self._all_to_all(tensor, send_splits, recv_splits, f"fastclip.{category}.rows")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(rank={self.rank}, world_size={self.world_size})"
 
@@ -88,6 +102,12 @@ class TorchDistributedComm(_CountingComm):
         _all_gather_single(gathered, tensor, group=self.group)
         return gathered
 
+    def _all_to_all(self, tensor, send_splits, recv_splits, name):
+        received = tensor.new_empty((sum(recv_splits), *tensor.shape[1:]))
+        dist.all_to_all_single(received, tensor, output_split_sizes=recv_splits,
+                               input_split_sizes=send_splits, group=self.group)
+        return received
+
 
 class HorovodComm(_CountingComm):
     """Horovod (Gloo, MPI, NCCL): ``hvd.allgather`` outside autograd; needs ``hvd.init()``."""
@@ -102,6 +122,16 @@ class HorovodComm(_CountingComm):
         # A fixed name per purpose lets Horovod's response cache skip renegotiation each step.
         with torch.no_grad():
             return self._hvd.allgather(tensor, name=name)
+
+    def _all_to_all(self, tensor, send_splits, recv_splits, name):
+        with torch.no_grad():
+            received, counts = self._hvd.alltoall(tensor, splits=torch.tensor(send_splits,
+                                                                                dtype=torch.int32),
+                                                  name=name)
+        if counts.tolist() != recv_splits:
+            raise RuntimeError(f"rank {self.rank} expected rows {recv_splits} from the owners, "
+                               f"received {counts.tolist()}")
+        return received
 
 
 def create_comm(args, meter=None):
@@ -135,3 +165,33 @@ def check_identical_across_ranks(comm, tensor: torch.Tensor, what: str) -> int:
         raise ReplicaMismatch(f"{what} differs between ranks: rank {comm.rank} holds fingerprint "
                               f"{mine:012x}, ranks {differing} hold another")
     return mine
+
+
+def check_shards(comm, state, what: str) -> int:
+    """Sharded FCCO state has no replicas to compare, so check what every rank must agree on:
+    the layout (data_size, world size, columns; each rank's block where state.block_of puts
+    it), the rows of the latest step's gather (ids and new rows: the same on every rank), and
+    that the owners hold exactly those rows. Raise ReplicaMismatch otherwise; returns the
+    fingerprint of the layout and the latest gathered rows."""
+    from .state import block_of
+
+    if state.shard is None or (state.start, state.stop) != block_of(*state.shard,
+                                                                    state.data_size):
+        raise ReplicaMismatch(f"{what}: rank {comm.rank} holds rows [{state.start}, "
+                              f"{state.stop}), not its block of the sharded layout")
+    layout = torch.tensor([state.data_size, comm.world_size, len(state.columns)],
+                          dtype=torch.float64)
+    shared = [layout]
+    if state.last_shared is not None:
+        ids, rows = state.last_shared
+        shared += [ids.double(), rows.double().reshape(-1)]
+        once = torch.unique(ids, return_counts=True)
+        single = once[0][once[1] == 1]
+        mine = single[state.owns(single)]
+        position = {int(i): p for p, i in enumerate(ids.tolist())}
+        expected = rows[[position[int(i)] for i in mine.tolist()]].to(state.dtype)
+        if not torch.equal(state.read(mine, validated=True), expected.to(state.device)):
+            raise ReplicaMismatch(f"{what}: rank {comm.rank}'s shard does not hold the rows "
+                                  f"it was sent for the ids it owns")
+    return check_identical_across_ranks(comm, torch.cat(shared),
+                                        f"{what} (layout and latest shared rows)")

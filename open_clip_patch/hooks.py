@@ -54,6 +54,8 @@ def create_loss(args):
     logging.info("FastCLIP configuration: %s", {**params.effective_config(args),
                                                  "data_size": data_size})
     loss = FastCLIPLoss(**params.loss_kwargs(args, data_size=data_size), comm=create_comm(args))
+    if loss.state.sharded:   # the shards are saved and loaded over a CPU process group
+        run.state_group = checkpoint.state_group(args)
     run.gamma_schedule = GammaSchedule(args.gamma_schedule, args.gamma_min,
                                        args.gamma_decay_epochs, per_step=args.gamma_per_step)
     logging.info("FastCLIP loss: %s; %s", loss.describe(), run.gamma_schedule)
@@ -63,6 +65,7 @@ def create_loss(args):
 def on_resume(args, checkpoint_dict):
     """Check the checkpoint's FastCLIP entry now (before the optimizer loads a mismatched one)
     and keep it in the run until the loss exists: the loss is built after the data."""
+    checkpoint.match_module_prefix(checkpoint_dict, ddp=args.distributed and not args.horovod)
     if not _fastclip(args):
         return
     run = run_of(args)
@@ -80,18 +83,18 @@ def restore_state(args, loss, scheduler):
         return
     run.resume_entry = None
     checkpoint.check_entry(args, entry, args.resume, run.data_size)  # known by now
-    loss.load_state_dict(entry["loss"])
+    rng, why = checkpoint.restore_fcco_state(args, entry, loss, run.state_group)
     if "scheduler" in entry and hasattr(scheduler, "load_state_dict"):
         scheduler.load_state_dict(entry["scheduler"])
-    checkpoint.restore_rng_streams(entry["rng"], args.world_size, args.seed, args.rank,
-                                   run.resume_epoch)
+    checkpoint.restore_rng_streams(rng, args.seed, args.rank, run.resume_epoch, why)
     logging.info(f"FastCLIP state restored from {args.resume}")
 
 
 def checkpoint_extras(args, loss, scheduler):
     if not _fastclip(args):
         return {}
-    entry = checkpoint.fastclip_entry(args, run_of(args).data_size, loss, scheduler)
+    run = run_of(args)
+    entry = checkpoint.fastclip_entry(args, run.data_size, loss, scheduler, run.state_shards)
     return {checkpoint.CHECKPOINT_KEY: entry}
 
 
@@ -207,15 +210,36 @@ def create_comm(args):
 
 def check_state_replicas(args, loss, when):
     """Every rank writes the same gathered rows, so the FCCO state replicas must be bit-identical
-    (also after a resume: every rank loads the same checkpoint file). Fail loudly otherwise."""
-    from .comm import check_identical_across_ranks
+    (also after a resume: every rank loads the same checkpoint file); sharded state gets the
+    shard checks (comm.check_shards). Fail loudly otherwise."""
+    from .comm import check_identical_across_ranks, check_shards
 
     if not _fastclip(args) or loss.comm.world_size == 1:
         return
-    value = check_identical_across_ranks(loss.comm, loss.state.values, f"FCCO state {when}")
+    if loss.state.sharded:
+        value = check_shards(loss.comm, loss.state, f"FCCO state shards {when}")
+        what = "shards consistent"
+    else:
+        value = check_identical_across_ranks(loss.comm, loss.state.values, f"FCCO state {when}")
+        what = "identical"
     if args.rank == 0:
-        logging.info(f"FCCO state identical on all {loss.comm.world_size} ranks {when} "
+        logging.info(f"FCCO state {what} on all {loss.comm.world_size} ranks {when} "
                      f"(fingerprint {value:012x})")
+
+
+def save_state_shards(args, epoch, loss):
+    """Sharded state: every rank writes its shard (and RNG streams) before rank 0 writes the
+    epoch_N.pt that refers to it, whenever upstream's save block will write a checkpoint."""
+    run = run_of(args)
+    completed = epoch + 1
+    saves = (completed == last_epoch_of_job(args) or args.save_most_recent or (
+        args.save_frequency > 0 and completed % args.save_frequency == 0))
+    if not (_fastclip(args) and loss.state.sharded and saves and args.logs
+            and args.logs.lower() != "none"):
+        return
+    name = checkpoint.shards_name(completed)
+    checkpoint.save_state_shards(loss.state, args.checkpoint_path, name, run.state_group)
+    run.state_shards = {"name": name, "world_size": loss.comm.world_size}
 
 
 def after_epoch_distributed(args, epoch, data, loss):
@@ -224,6 +248,7 @@ def after_epoch_distributed(args, epoch, data, loss):
     from .traffic import format_summary
 
     check_state_replicas(args, loss, f"after epoch {epoch}")
+    save_state_shards(args, epoch, loss)
     meter = run_of(args).traffic_meter
     if meter is not None:
         summary = meter.epoch_summary(data["train"].dataloader.num_batches // args.accum_freq)

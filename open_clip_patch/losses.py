@@ -53,6 +53,7 @@ from .versions import TAU_GRAD_MODES, VERSIONS
 SIDES = ("image", "text")
 # [ref-code] entries of u below this, inf or nan are reset to the fresh g when γ < 1.
 LOG_U_RESET_BELOW = math.log(1e-35)
+STATE_LAYOUTS = ("replicated", "sharded")
 # State columns renamed since earlier checkpoints were written: old name -> new name.
 RENAMED_COLUMNS = {f"tau_grad_avg_{side}": f"tau_grad_ema_{side}" for side in SIDES}
 
@@ -83,6 +84,7 @@ class _Batch:
     all_text: torch.Tensor
     ids: torch.Tensor           # (b,) int64 on the state device
     offset: int                 # position of the local block inside the gathered batch
+    all_ids: Optional[torch.Tensor] = None   # (N,) int64, gathered with the features (sharded)
     positive_mask: torch.Tensor = field(init=False)   # (b, N) True at each local pair
 
     def __post_init__(self):
@@ -126,9 +128,26 @@ def log_eps_plus(log_u, eps: float):
 
 
 # ------------------------------------------------------------------------- gather and checks
+def _ids_as_rows(ids: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The int64 ids' bytes as rows of ``like``'s dtype and width (zero padded), so they travel
+    bit for bit in the feature all-gather instead of costing a collective of their own."""
+    elements = ids.contiguous().view(torch.uint8).view(like.dtype)
+    width = like.shape[1]
+    padded = elements.new_zeros(-(-elements.numel() // width) * width)
+    padded[:elements.numel()] = elements
+    return padded.view(-1, width)
+
+
+def _rows_as_ids(rows: torch.Tensor, count: int) -> torch.Tensor:
+    """Inverse of :func:`_ids_as_rows` for one rank's rows."""
+    elements = rows.reshape(-1)[:count * 8 // rows.element_size()].contiguous()
+    return elements.view(torch.uint8).view(torch.int64)
+
+
 def gather_batch(comm, state: PerSampleState, image_features, text_features,
                  sample_ids) -> _Batch:
-    """Check the step's inputs and gather every rank's features (no gradient) in one call."""
+    """Check the step's inputs and gather every rank's features (no gradient) in one call; a
+    sharded state needs every rank's ids before it reads, so they ride along."""
     if image_features.dim() != 2 or image_features.shape != text_features.shape:
         raise ValueError(f"expected image and text features of the same (b, d) shape, got "
                          f"{tuple(image_features.shape)} and {tuple(text_features.shape)}")
@@ -144,18 +163,25 @@ def gather_batch(comm, state: PerSampleState, image_features, text_features,
         image, text = image_features.to(dtype), text_features.to(dtype)
         check_finite(torch.stack([image.detach(), text.detach()])[None])
         return _Batch(image, text, image.detach(), text.detach(), ids, offset=0)
-    stacked = torch.cat([image_features.detach(), text_features.detach().to(
-        image_features.dtype)])
-    gathered = comm.all_gather_no_grad(stacked).to(dtype)
+    parts = [image_features.detach(), text_features.detach().to(image_features.dtype)]
+    if state.sharded:
+        parts.append(_ids_as_rows(ids.to(image_features.device), image_features))
+    stacked = torch.cat(parts)
+    gathered = comm.all_gather_no_grad(stacked)
     image, text = image_features.to(dtype), text_features.to(dtype)
-    if gathered.shape != (world * 2 * local_size, image.shape[1]):
+    if gathered.shape != (world * stacked.shape[0], image.shape[1]):
         raise ValueError(f"gathered features have shape {tuple(gathered.shape)}; every rank "
                          f"must pass the same local batch size ({local_size})")
-    per_rank = gathered.view(world, 2, local_size, -1)   # rank, [image, text], sample, dim
-    check_finite(per_rank)
+    gathered = gathered.view(world, stacked.shape[0], -1)
+    all_ids = None
+    if state.sharded:
+        all_ids = torch.cat([_rows_as_ids(gathered[r, 2 * local_size:], local_size)
+                             for r in range(world)]).to(state.device)
+    per_rank = gathered[:, :2 * local_size].to(dtype).view(world, 2, local_size, -1)
+    check_finite(per_rank)   # rank, [image, text], sample, dim
     n = world * local_size
     return _Batch(image, text, per_rank[:, 0].reshape(n, -1), per_rank[:, 1].reshape(n, -1),
-                  ids, offset=comm.rank * local_size)
+                  ids, offset=comm.rank * local_size, all_ids=all_ids)
 
 
 def check_finite(per_rank_features):
@@ -183,27 +209,52 @@ def global_tau(logit_scale, batch: _Batch, learnable: bool) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------- state sharing
+def read_state(comm, state: PerSampleState, batch: _Batch, device, dtype) -> torch.Tensor:
+    """The old rows of the local ids. Replicated: a local read. Sharded: each owner sends the
+    rows it holds for every rank's local ids in one all-to-all (order: by destination rank, then
+    by position in its batch; the receiver puts them back by the same rule)."""
+    if not state.sharded:
+        return state.read(batch.ids, device, dtype, validated=True)
+    world, b = comm.world_size, batch.local_size
+    owners = state.owner_of(batch.all_ids).view(world, b)
+    mine = owners == comm.rank
+    outgoing = state.read(batch.all_ids.view(world, b)[mine], validated=True)
+    my_owners = owners[comm.rank]
+    received = comm.all_to_all(outgoing, mine.sum(1).tolist(),
+                               torch.bincount(my_owners, minlength=world).tolist())
+    rows = torch.empty_like(received)
+    rows[torch.argsort(my_owners, stable=True)] = received
+    return rows.to(device=device, dtype=dtype)
+
+
 def share_state(comm, state: PerSampleState, batch: _Batch, new_local, old,
                 individual_tau: bool) -> Dict[str, torch.Tensor]:
-    """One all-gather of ids + new state (+ the τ used this step); write it on every replica.
+    """One all-gather of the new state (+ the τ used this step, + the ids unless they came with
+    the features); every replica writes all rows, every shard the rows it owns.
     Returns the new state columns of the global batch and, for per-sample τ, ``used_tau_*``."""
     local_rows = state.pack(new_local)
     if comm.world_size == 1:
         state.write(batch.ids, local_rows, validated=True)
         used = {f"used_tau_{s}": old[f"tau_{s}"] for s in SIDES} if individual_tau else {}
         return {**new_local, **used}
-    packed = [batch.ids.to(device=local_rows.device, dtype=torch.float64)[:, None],
-              local_rows.to(torch.float64)]
+    packed = [local_rows.to(torch.float64)]
+    if not state.sharded:
+        packed.insert(0, batch.ids.to(device=local_rows.device, dtype=torch.float64)[:, None])
     if individual_tau:   # the negative part needs each anchor's τ before its update
         packed.append(torch.stack([old[f"tau_{s}"] for s in SIDES], 1).to(torch.float64))
     gathered = comm.all_gather_scalars(torch.cat(packed, dim=1))
-    columns = len(state.columns)
-    global_ids = gathered[:, 0].round().long()
-    global_rows = gathered[:, 1:1 + columns]
-    state.write(global_ids, global_rows, validated=True)   # each rank checked its own
+    first, columns = (0 if state.sharded else 1), len(state.columns)
+    global_rows = gathered[:, first:first + columns]
+    if state.sharded:
+        owned = state.owns(batch.all_ids)
+        state.write(batch.all_ids[owned], global_rows[owned.to(global_rows.device)],
+                    validated=True)
+        state.last_shared = (batch.all_ids, global_rows)   # for the shard checks (comm.py)
+    else:
+        state.write(gathered[:, 0].round().long(), global_rows, validated=True)
     shared = {k: v.to(batch.image.dtype) for k, v in state.unpack(global_rows).items()}
     if individual_tau:
-        used = gathered[:, 1 + columns:].to(batch.image.dtype)
+        used = gathered[:, first + columns:].to(batch.image.dtype)
         shared.update({f"used_tau_{s}": used[:, i] for i, s in enumerate(SIDES)})
     return shared
 
@@ -243,6 +294,8 @@ class FastCLIPLoss(nn.Module):
         tau_min, tau_max: clamp of the per-sample τ.
         comm: a communicator (open_clip_patch.comm); default LocalComm (one process).
         state_device, state_dtype: where and how the per-sample state is stored.
+        state_layout: "replicated" (every rank holds all rows) or "sharded" (rank r holds the
+            block of ids it owns, open_clip_patch.state.block_of); one process is always whole.
     """
 
     def __init__(self, version: str, data_size: int, rho: Optional[float] = None,
@@ -250,7 +303,8 @@ class FastCLIPLoss(nn.Module):
                  temperature: Optional[float] = None, temperature_scheme: Optional[str] = None,
                  lr_tau: Optional[float] = None, tau_betas=(0.9, 0.999), tau_eps: float = 1e-8,
                  tau_min: Optional[float] = None, tau_max: Optional[float] = None,
-                 comm=None, state_device="cpu", state_dtype: torch.dtype = torch.float32):
+                 comm=None, state_device="cpu", state_dtype: torch.dtype = torch.float32,
+                 state_layout: str = "replicated"):
         super().__init__()
         if version not in VERSIONS:
             raise ValueError(f"unknown FCCO version {version!r}; choose from {sorted(VERSIONS)}")
@@ -273,7 +327,12 @@ class FastCLIPLoss(nn.Module):
         self.tau_eps = float(tau_eps)
         self.epoch = 0
         self.comm = comm if comm is not None else LocalComm()
-        self.state = PerSampleState(data_size, self._state_columns(), state_device, state_dtype)
+        if state_layout not in STATE_LAYOUTS:
+            raise ValueError(f"state_layout must be one of {STATE_LAYOUTS}, got {state_layout!r}")
+        shard = ((self.comm.rank, self.comm.world_size)
+                 if state_layout == "sharded" and self.comm.world_size > 1 else None)
+        self.state = PerSampleState(data_size, self._state_columns(), state_device, state_dtype,
+                                    shard=shard)
 
     # ----------------------------------------------------------------- configuration
     def _validate_spec(self, eps, tau_betas, tau_eps):
@@ -337,8 +396,10 @@ class FastCLIPLoss(nn.Module):
         if self.individual_tau:
             parts.append(f"tau_init={spec.temperature} tau_range=[{spec.tau_min}, {spec.tau_max}]")
         parts.append(f"eps={self.eps} gamma={self.gamma} world_size={self.comm.world_size}")
+        layout = (f"sharded, ids [{self.state.start}, {self.state.stop}) on this rank"
+                  if self.state.sharded else "whole")
         parts.append(f"state={self.nbytes() / 2**20:.1f} MiB {self.state.dtype} "
-                     f"on {self.state.device} for data_size={self.state.data_size}")
+                     f"on {self.state.device} for data_size={self.state.data_size} ({layout})")
         return ", ".join(parts)
 
     def extra_repr(self) -> str:
@@ -361,8 +422,8 @@ class FastCLIPLoss(nn.Module):
             batch = gather_batch(self.comm, self.state, image_features, text_features, sample_ids)
             tau = (None if self.individual_tau else
                    global_tau(logit_scale, batch, self.learnable_global_tau))
-            old = self.state.unpack(self.state.read(batch.ids, batch.image.device,
-                                                    batch.image.dtype, validated=True))
+            old = self.state.unpack(read_state(self.comm, self.state, batch, batch.image.device,
+                                               batch.image.dtype))
             sides = self._sides(batch, tau, old)
             new_local, tau_gradients, log_eps_local = self._update_local_state(batch, sides, old)
             shared = share_state(self.comm, self.state, batch, new_local, old, self.individual_tau)

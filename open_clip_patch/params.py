@@ -59,6 +59,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-invalid-ids", action="store_true", default=False,
                    help="Skip (count and warn) webdataset samples whose id is missing or outside "
                         "[0, data-size) instead of stopping with an error.")
+    g.add_argument("--fcco-state", choices=("sharded", "replicated"), default="sharded",
+                   help="With K > 1 ranks: each rank holds only the 1/K of the FCCO state it "
+                        "owns (sharded, default) or all of it (replicated). One process holds "
+                        "all of it either way.")
     g.add_argument("--fcco-state-fresh", action="store_true", default=False,
                    help="Allow resuming a FastCLIP run from a checkpoint without FCCO state "
                         "(the state restarts from zero).")
@@ -165,7 +169,7 @@ def loss_kwargs(args, data_size=None) -> dict:
         eps=args.fastclip_eps, tau_grad_mode=args.tau_grad, lr_tau=spec.lr_tau,
         # the per-sample τ Adam (v2) borrows the model optimizer's betas/eps where it has them
         tau_betas=(args.beta1 or 0.9, args.beta2 or 0.999), tau_eps=args.eps or 1e-8,
-        tau_min=spec.tau_min, tau_max=spec.tau_max)
+        tau_min=spec.tau_min, tau_max=spec.tau_max, state_layout=args.fcco_state)
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: list the flags

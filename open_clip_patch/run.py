@@ -10,7 +10,9 @@ calls them:
     get_data             data_size        (--data-size, else the training data's id space)
                          data_counters    (shared with the dataloader workers)
     create_loss          gamma_schedule   (needs data_size: the data must come first)
+                         state_group      (sharded FCCO state, 2+ ranks)
     restore_state        consumes resume_entry
+    after_epoch_distributed  state_shards (the shard folder the next checkpoint refers to)
 """
 import logging
 import weakref
@@ -30,6 +32,8 @@ class FastCLIPRun:
     resume_entry: Optional[dict] = None      # checked FastCLIP entry of --resume, until restored
     resume_epoch: Optional[int] = None
     gamma_schedule: Optional[GammaSchedule] = None
+    state_group: object = None               # sharded state: the CPU group DCP runs over
+    state_shards: Optional[dict] = None      # sharded state: the latest saved shard folder
 
     def resolve_data_size(self, infer, source: str) -> int:
         """``--data-size`` when given, else ``infer()`` (the training data's id space), once."""

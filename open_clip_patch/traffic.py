@@ -8,8 +8,9 @@ OpenCLIP's and Horovod's code runs untouched. The FCCO replica checks do not dep
     .venv/bin/python tools/bench_comm.py --quick
 
 Categories (per rank, per step):
-  loss       the loss's collectives: FastCLIP's two all-gathers (comm.py), or OpenCLIP's feature
-             gathers including the backward of its autograd all-gather;
+  loss       the loss's collectives: FastCLIP's two all-gathers (comm.py) and, with sharded
+             FCCO state, its all-to-all of old state rows; or OpenCLIP's feature gathers
+             including the backward of its autograd all-gather;
   gradients  the gradient reduction: DDP's bucket all-reduces (seen by a DDP comm hook) or the
              allreduces of Horovod's DistributedOptimizer.
 Other categories (REPLICA_CHECK) are reported as epoch totals, not per step.
@@ -20,7 +21,8 @@ the wire in the standard bandwidth-optimal algorithm (K ranks, n = the tensor's 
   all-reduce       2(K-1)·n/K         ring: reduce-scatter, then all-gather, of n/K chunks
   reduce-scatter   (K-1)·n_out        ring: K-1 partial sums of this rank's output size
   scatter          root: the K-1 chunks for the others; other ranks send nothing
-  all-to-all       the K-1 chunks addressed to the others
+  all-to-all       the K-1 chunks addressed to the others (uneven splits: the rows addressed
+                   to the others, as the sharded FCCO state's row exchange sends them)
 For K = 2 every algorithm gloo, NCCL or Horovod may pick sends exactly these amounts.
 
 How OpenCLIP's ``--gather-with-grad`` communicates (torch 2.14, torch/distributed/nn/
@@ -84,6 +86,12 @@ class TrafficMeter:
         # Equal chunks (as in autograd's all-to-all): all but this rank's own leave the rank.
         total = sum(nbytes(c) for c in chunks)
         self.record(category, "all_to_all", total * (self.world_size - 1) // self.world_size)
+
+    def all_to_all_rows(self, category: str, tensor: torch.Tensor, send_splits, rank: int):
+        """An all-to-all with uneven splits (rows of ``tensor``): all but this rank's own."""
+        row_bytes = nbytes(tensor) // max(tensor.shape[0], 1)
+        sent = sum(n for peer, n in enumerate(send_splits) if peer != rank) * row_bytes
+        self.record(category, "all_to_all", sent)
 
     def epoch_summary(self, steps: int) -> dict:
         """Per-step figures for everything recorded since the previous summary."""

@@ -34,7 +34,9 @@ def trainer_flags(tmp_path, name, *extra):
         "--train-data", str(csv), "--dataset-type", "csv", "--csv-img-key", "filepath",
         "--csv-caption-key", "title", "--precision", "fp32",
         "--fastclip", "--fastclip-version", "v2", "--data-size", str(SAMPLES),
-        "--count-communication", *extra]
+        # replicas, so that every rank's state can be fingerprinted; the sharded layout is
+        # resumed across world sizes in tests/test_distributed_resume.py
+        "--fcco-state", "replicated", "--count-communication", *extra]
 
 
 def fingerprints(log_text):
