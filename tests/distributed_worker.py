@@ -7,6 +7,9 @@ tests compare to ``OUT_DIR/rank<r>.pt``:
   baseline/<dtype>           the same for OpenCLIP's ClipLoss --local-loss --gather-with-grad
   three_steps/<version>      the FCCO state after each of 3 optimizer steps, and whether an
                              altered replica on rank 1 is caught afterwards
+  layouts/<version>/<layout> 3 loss steps on fixed float64 features, replicated vs sharded
+                             state (:func:`layouts_case`; also run on 1 and 4 gloo ranks by
+                             :func:`run_layout_rank`)
 Gradients are reduced the way the trainer reduces them: DDP (gloo) or Horovod's
 DistributedOptimizer. ``reference_*`` compute the single-process results the tests expect.
 
@@ -177,6 +180,63 @@ def three_steps_case(backend, version, steps=3):
     return {"states": states, "fingerprints": fingerprints, "caught": caught}
 
 
+LAYOUT_VERSIONS = ("v0", "v1", "v2", "v3", "isogclr")
+LAYOUT_BATCH, LAYOUT_DIM, LAYOUT_DATA = 3, 8, 37
+
+
+def layout_inputs(step, world):
+    gen = torch.Generator().manual_seed(step)
+    n = world * LAYOUT_BATCH
+    image, text = (torch.nn.functional.normalize(torch.randn(n, LAYOUT_DIM, generator=gen,
+                                                             dtype=torch.float64), dim=1)
+                   for _ in range(2))
+    return image, text, torch.randperm(LAYOUT_DATA, generator=gen)[:n]
+
+
+def layouts_case(comm, version, layout, steps=3, world=None):
+    """The loss alone, 3 steps (γ 1, then 0.6) of a fixed global batch split over the ranks:
+    per-step losses, the gradients of this rank's features and the rows this rank holds.
+    One process (``world``: the job it stands for) takes the whole global batch."""
+    loss_fn = FastCLIPLoss(version, LAYOUT_DATA, comm=comm, state_dtype=torch.float64,
+                           state_layout=layout)
+    world = world or comm.world_size
+    part = (slice(comm.rank * LAYOUT_BATCH, (comm.rank + 1) * LAYOUT_BATCH)
+            if comm.world_size > 1 else slice(None))
+    meter = getattr(comm, "meter", None)
+    before = dict(meter.sent) if meter is not None else {}
+    losses, grads = [], []
+    for step in range(steps):
+        image, text, ids = layout_inputs(step, world)
+        image, text = image[part].requires_grad_(), text[part].requires_grad_()
+        loss_fn.gamma = 1.0 if step == 0 else 0.6
+        value = loss_fn(image, text, torch.tensor(10.0, dtype=torch.float64), ids[part])
+        value.backward()
+        losses.append(value.detach())
+        grads.append(torch.cat([image.grad, text.grad]))
+    state = loss_fn.state
+    return {"losses": torch.stack(losses), "grads": torch.stack(grads),
+            "rows": (state.start, state.stop), "values": state.values.clone(),
+            "sharded": state.sharded,
+            "sent": {k: v - before.get(k, 0) for k, v in (meter.sent if meter else {}).items()}}
+
+
+def run_layout_cases(comm):
+    return {f"layouts/{version}/{layout}": layouts_case(comm, version, layout)
+            for version in LAYOUT_VERSIONS for layout in ("replicated", "sharded")}
+
+
+def run_layout_rank(rank, world_size, init_file, out_dir):
+    """One gloo rank of a ``world_size``-rank job running only the layout cases."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                         world_size=world_size, timeout=timedelta(seconds=120))
+    try:
+        save(run_layout_cases(TorchDistributedComm(meter=TrafficMeter(world_size))), out_dir,
+             rank)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
 def run_all_cases(backend):
     results = {"backend": "horovod" if backend.horovod else "ddp"}
     for dtype in DTYPES:
@@ -185,6 +245,7 @@ def run_all_cases(backend):
         results[f"baseline/{dtype}"] = one_step_case(backend, dtype)
     for version in THREE_STEP_VERSIONS:
         results[f"three_steps/{version}"] = three_steps_case(backend, version)
+    results.update(run_layout_cases(backend.comm(TrafficMeter(WORLD_SIZE))))
     return results
 
 

@@ -149,6 +149,68 @@ def test_three_steps_keep_fcco_state_identical_on_every_rank(ranks, references, 
         assert "altered replica differs between ranks" in rank["caught"]
 
 
+# ---- sharded vs replicated FCCO state ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("four")
+    mp.start_processes(cases.run_layout_rank, args=(4, str(out / "init"), str(out)), nprocs=4,
+                       start_method="fork")
+    return [torch.load(out / f"rank{r}.pt") for r in range(4)]
+
+
+@pytest.mark.parametrize("version", cases.LAYOUT_VERSIONS)
+@pytest.mark.parametrize("world", [2, 4])
+def test_sharded_state_equals_replicated_bit_for_bit(request, world, version):
+    """Same arithmetic, other storage: losses, gradients and rows are bit-equal on 2 and 4 ranks
+    (2: gloo and, when built, Horovod); each shard holds its block, together the whole table;
+    and both equal one process with the whole batch (float64, ≤ 1e-10 relative)."""
+    backends = ["ddp_ranks", "horovod_ranks"] if world == 2 else ["four_ranks"]
+    expected = cases.layouts_case(cases.one_process_comm(), version, "replicated", world=world)
+    for backend in backends:
+        try:
+            ranks = request.getfixturevalue(backend)
+        except pytest.skip.Exception:
+            continue
+        sharded = [rank[f"layouts/{version}/sharded"] for rank in ranks]
+        replicated = [rank[f"layouts/{version}/replicated"] for rank in ranks]
+        for shard, replica in zip(sharded, replicated):
+            assert shard["sharded"] and not replica["sharded"]
+            assert torch.equal(shard["losses"], replica["losses"])
+            assert torch.equal(shard["grads"], replica["grads"])
+        blocks = [shard["rows"] for shard in sharded]
+        assert blocks[0][0] == 0 and blocks[-1][1] == cases.LAYOUT_DATA
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+        whole = torch.cat([shard["values"] for shard in sharded])
+        assert torch.equal(whole, replicated[0]["values"])
+        assert_state_close(whole, expected["values"], 1e-10)
+        b = cases.LAYOUT_BATCH
+        one_process_grads = expected["grads"].view(3, 2, world, b, -1)
+        for rank, shard in enumerate(sharded):   # only this rank's loss sees its features,
+            # normalised by 1/b, not 1/N: K × the one-process gradient (docs/algorithm.md §5)
+            mine = one_process_grads[:, :, rank].reshape(3, 2 * b, -1) * world
+            assert relative_error(shard["grads"], mine) <= 1e-10
+
+
+def test_sharded_state_sends_the_owned_rows_and_fewer_ids(ddp_ranks):
+    """Sharded: the ids ride in the feature gather (padded to a row of d), the scalar gather
+    drops them, and the all-to-all sends 8·C bytes per row another rank's batch needs."""
+    for rank, result in enumerate(ddp_ranks):
+        replica = result["layouts/v2/replicated"]["sent"]
+        shard = result["layouts/v2/sharded"]["sent"]
+        steps, b, d = 3, cases.LAYOUT_BATCH, cases.LAYOUT_DIM
+        id_rows = -(-b // d) * d * 8    # b int64 ids as float64 elements, padded to rows of d
+        assert shard[("loss", "all_gather")] == replica[("loss", "all_gather")] + steps * (
+            id_rows - b * 8)            # (K - 1) = 1 peer
+        assert replica.get(("loss", "all_to_all"), 0) == 0
+        sent_rows = 0
+        for step in range(steps):
+            _, _, ids = cases.layout_inputs(step, 2)
+            others = ids.view(2, b)[1 - rank]
+            sent_rows += int(((others >= result["layouts/v2/sharded"]["rows"][0])
+                              & (others < result["layouts/v2/sharded"]["rows"][1])).sum())
+        assert shard[("loss", "all_to_all")] == sent_rows * 8 * 8   # v2: 8 float64 columns
+
+
 # ---- bytes sent per step ---------------------------------------------------------------------
 def fastclip_loss_bytes(version, itemsize):
     """(K-1) x [stacked b x d image and text features + b rows of float64 id and state]."""
