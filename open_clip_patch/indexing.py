@@ -12,6 +12,7 @@ import os
 import random
 import re
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -96,13 +97,29 @@ class WdsSampleId:
         return None  # webdataset's map drops None
 
 
+def seed_worker_streams(key: str) -> None:
+    """Seed this dataloader worker's torch, numpy and python streams from ``key``.
+
+    The loader keeps its workers across epochs (persistent_workers), so without this their
+    augmentation streams (random resized crop, ...) run on from epoch to epoch in an
+    uninterrupted run but start afresh, from a new base seed, in a resumed one: a resume with
+    --workers >= 1 was not bit-exact. Seeding at each pass makes them a function of the key."""
+    value = random.Random(key).getrandbits(63)
+    torch.manual_seed(value)
+    np.random.seed(value % 2**32)
+    random.seed(value)
+
+
 class SeededSampleShuffle:
     """webdataset stage: the sample shuffle buffer, seeded by (seed, rank, worker, epoch).
 
     webdataset's own ``shuffle`` seeds from the clock and the pid, so two runs with the same
     --seed saw different data orders (and a resumed run a different order than an uninterrupted
     one). Each rank and worker shuffles its own shard stream, so they get their own seeds.
-    ``epoch`` is OpenCLIP's SharedEpoch (read when each pass starts) or an int.
+    ``epoch`` is OpenCLIP's SharedEpoch (read when each pass starts) or an int. In a dataloader
+    worker the stage also seeds the worker's global streams, which the augmentations after it
+    draw from (:func:`seed_worker_streams`); with --workers 0 the augmentations draw from the
+    main process's streams, which checkpoints carry.
     """
 
     def __init__(self, bufsize, initial, seed, rank, epoch):
@@ -117,6 +134,8 @@ class SeededSampleShuffle:
 
         worker = torch.utils.data.get_worker_info()
         key = f"{self.seed}:{self.rank}:{worker.id if worker else 0}:{self.current_epoch()}"
+        if worker is not None:
+            seed_worker_streams("augment:" + key)
         return _shuffle(src, self.bufsize, self.initial, random.Random(key))
 
 

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 import open_clip_patch  # noqa: F401  (registers the tiny model)
 from open_clip_patch import checkpoint as fastclip_checkpoint, hooks
 from open_clip_patch.state import PerSampleState
+from demo.data.digits import write_digits_shards
 from test_checkpoint import assert_same_tensors
 from test_distributed_trainer import free_port
 from trainer_utils import base_flags, run_trainer, write_digits_csv
@@ -27,6 +28,20 @@ SAMPLES, BATCH = 32, 4
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     return write_digits_csv(tmp_path_factory.mktemp("digits"), n=SAMPLES)
+
+
+@pytest.fixture(scope="module")
+def digit_shards(tmp_path_factory):
+    return write_digits_shards(tmp_path_factory.mktemp("shards"), num_shards=2,
+                               num_samples=SAMPLES)
+
+
+def wds_flags(shards, *extra):
+    """Webdataset with one loader worker per rank (persistent, as the run scripts use), the tiny
+    model's train transform (random resized crop: it draws from the worker's torch stream)."""
+    return ["--train-data", shards.pattern, "--dataset-type", "webdataset", "--workers", "1",
+            "--train-num-samples", str(SAMPLES), "--fastclip", "--fastclip-version", "v2",
+            "--data-size", str(shards.id_space), *extra]
 
 
 def flags(logs, name, csv, *extra, epochs=2):
@@ -145,3 +160,34 @@ def test_rank_killed_while_saving_leaves_the_last_complete_checkpoint(tmp_path, 
     assert torch.equal(assembled(out / "resumed", "restored", 2),
                        assembled(out, "epoch_1.fcco", 2))
     assert (folder / "epoch_2.pt").is_file() and (folder / "epoch_2.fcco").is_dir()
+
+
+def assert_same_run_end(whole, chain, sharded):
+    a, b = (torch.load(c, weights_only=False) for c in (whole, chain))
+    assert_same_tensors(a["state_dict"], b["state_dict"], "state_dict")
+    assert_same_tensors(a["optimizer"], b["optimizer"], "optimizer")
+    if sharded:
+        assert torch.equal(saved_shards(whole), saved_shards(chain))
+    else:
+        assert_same_tensors(a["fastclip"]["loss"], b["fastclip"]["loss"], "fastclip")
+
+
+def test_webdataset_with_a_worker_resumes_bit_for_bit_on_one_process(tmp_path, digit_shards):
+    """Fails without indexing.seed_worker_streams: the persistent worker's crop stream runs on
+    in the whole run but restarts from a new base seed after the resume."""
+    logs = tmp_path / "logs"
+    for name, extra in (("whole", ()), ("chain", ("--stop-epochs", "1")),
+                        ("chain", ("--resume", "latest"))):
+        run_trainer(logs, name, wds_flags(digit_shards, *extra), batch_size=BATCH, epochs=2)
+    assert_same_run_end(*(logs / n / "checkpoints" / "epoch_2.pt" for n in ("whole", "chain")),
+                        sharded=False)
+
+
+def test_webdataset_with_a_worker_resumes_bit_for_bit_on_two_ranks(tmp_path, digit_shards):
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    for name, extra in (("whole", ()), ("chain", ("--stop-epochs", "1")),
+                        ("chain", ("--resume", "latest"))):
+        run_ranks(2, base_flags(logs, name, batch_size=BATCH, epochs=2)
+                  + wds_flags(digit_shards, *extra), out / name / "-".join(extra))
+    assert_same_run_end(*(logs / n / "checkpoints" / "epoch_2.pt" for n in ("whole", "chain")),
+                        sharded=True)
