@@ -102,6 +102,22 @@ def save_checkpoint(checkpoint_dict, path):
     checkpoint.save_atomically(checkpoint_dict, path)
 
 
+def delete_previous_checkpoint(args, completed_epoch):
+    """--delete-previous-checkpoint: upstream removes epoch_{N-1}.pt once epoch_N.pt is
+    written; its sharded FCCO state (epoch_{N-1}.fcco/) goes with it, else every epoch's shards
+    stayed on disk. Rank 0 only (upstream's save block), after every rank saved its shard."""
+    import os
+    import shutil
+
+    previous = completed_epoch - 1
+    pt = os.path.join(args.checkpoint_path, f"epoch_{previous}.pt")
+    if os.path.exists(pt):
+        os.remove(pt)
+    shards = os.path.join(args.checkpoint_path, checkpoint.shards_name(previous))
+    if os.path.isdir(shards):
+        shutil.rmtree(shards)
+
+
 def last_epoch_of_job(args):
     """The epoch this job stops after: --stop-epochs for chained jobs, else --epochs."""
     return min(args.epochs, args.stop_epochs or args.epochs)

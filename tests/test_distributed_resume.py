@@ -191,3 +191,11 @@ def test_webdataset_with_a_worker_resumes_bit_for_bit_on_two_ranks(tmp_path, dig
                   + wds_flags(digit_shards, *extra), out / name / "-".join(extra))
     assert_same_run_end(*(logs / n / "checkpoints" / "epoch_2.pt" for n in ("whole", "chain")),
                         sharded=True)
+
+
+def test_delete_previous_checkpoint_also_deletes_the_shard_folders(tmp_path, digits):
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    run_ranks(2, flags(logs, "tidy", digits, "--delete-previous-checkpoint", epochs=3), out)
+    folder = logs / "tidy" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch_3.fcco", "epoch_3.pt"]
+    assert torch.equal(saved_shards(folder / "epoch_3.pt"), assembled(out, "epoch_3.fcco", 2))
