@@ -7,13 +7,20 @@ draws the same data order and augmentations as an uninterrupted one). The γ sch
 function of the epoch.
 
 Sharded FCCO state (``--fcco-state sharded``, K > 1 ranks) is not in the .pt: every rank writes
-its block and its own RNG streams with torch.distributed.checkpoint into ``epoch_N.fcco/`` beside
-``epoch_N.pt`` (a temporary folder, renamed once complete, before the .pt that refers to it is
-written, so ``--resume latest`` always finds a complete pair). Resume rules:
-  same K        every rank restores its own RNG streams: bit-exact on CPU;
-  another K′    DCP reshards the state onto K′ blocks (or the whole table for one process);
-                the RNG streams restart from (--seed, rank, epoch), which the log says;
+its block with torch.distributed.checkpoint into ``epoch_N.fcco/`` beside ``epoch_N.pt`` (a
+temporary folder, renamed once complete, before the .pt that refers to it is written, so
+``--resume latest`` always finds a complete pair).
+
+RNG streams (torch, numpy, python) are those at the end of the epoch, after upstream's
+validation, which only rank 0 runs: rank 0's are captured into the .pt as it is written; every
+other rank's (nothing draws from them between the epoch's end and the save) into its shard
+(sharded) or gathered into the .pt's ``rng_ranks`` (replicated, K > 1). Resume rules:
+  same K        every rank restores its own streams: bit-exact on CPU, either --fcco-state;
+  another K′    the state is resharded (DCP) or sliced from the whole table; the streams restart
+                from (--seed, rank, epoch), which the log says (the model, optimizer and FCCO
+                state continue; augmentations and the CSV/synthetic order do not);
   whole → shard a replicated / one-process checkpoint is sliced into blocks; RNG as above.
+Dataloader workers reseed their own streams at each epoch (indexing.seed_worker_streams).
 A mismatched --data-size, version or column set is refused either way.
 
     python -m pytest -q tests/test_checkpoint.py
@@ -78,12 +85,15 @@ def restore_rng_streams(saved, seed, rank, epoch, why=""):
                         f"uninterrupted run; the model, optimizer and FCCO state are")
 
 
-def fastclip_entry(args, data_size, loss, scheduler, shards=None):
+def fastclip_entry(args, data_size, loss, scheduler, shards=None, rank_streams=None):
     """What a FastCLIP run adds to its checkpoint (references to the live state, no copies).
-    Sharded state stays in its DCP folder (``shards``: its name and world size)."""
+    Sharded state stays in its DCP folder (``shards``: its name and world size); replicated
+    K > 1 runs add every rank's RNG streams (``rank_streams``, gathered at the epoch's end)."""
     entry = {"format": FORMAT_VERSION, "version": args.fastclip_version,
              "data_size": data_size, "rng": rng_state(),
              "loss": None if loss.state.sharded else loss.state_dict()}
+    if rank_streams is not None:
+        entry["rng_ranks"] = rank_streams
     if loss.state.sharded:
         if shards is None:
             raise RuntimeError("sharded FCCO state must be saved (save_state_shards) before the "
@@ -162,7 +172,8 @@ def _as_dtensor(state, group):
 
 
 def save_state_shards(state, folder: str, name: str, group) -> None:
-    """Every rank writes its block and its RNG streams into ``folder/.name.tmp`` with DCP; rank 0
+    """Every rank writes its block (and ranks > 0 their RNG streams: rank 0's go into the .pt,
+    captured after its validation) into ``folder/.name.tmp`` with DCP; rank 0
     renames it to ``folder/name`` once DCP's metadata (written after every rank's shard) exists.
     A crash before that leaves only the temporary folder, and no epoch_N.pt refers to it."""
     rank = dist.get_rank(group)
@@ -170,8 +181,10 @@ def save_state_shards(state, folder: str, name: str, group) -> None:
     if rank == 0 and os.path.exists(tmp):
         shutil.rmtree(tmp)   # left by a job killed while saving
     dist.barrier(group)
-    dcp.save({STATE_KEY: _as_dtensor(state, group), _rng_key(rank): rng_state()},
-             checkpoint_id=tmp, process_group=group)
+    request = {STATE_KEY: _as_dtensor(state, group)}
+    if rank > 0:
+        request[_rng_key(rank)] = rng_state()
+    dcp.save(request, checkpoint_id=tmp, process_group=group)
     if rank == 0:
         _replace_folder(tmp, final)
     dist.barrier(group)
@@ -222,19 +235,20 @@ def load_state_shards(state, folder: str, saved_world_size: int, group, rank: in
                       world_size: int):
     """Fill ``state`` (a shard, or the whole table) from a DCP shard folder written by
     ``saved_world_size`` ranks; DCP reads the overlapping parts of the saved blocks. Returns this
-    rank's saved RNG streams when the world size is unchanged, else None."""
+    rank's saved RNG streams when the world size is unchanged and the rank is not 0 (rank 0's
+    are in the .pt), else None."""
     if not os.path.isdir(folder):
         raise CheckpointMismatch(f"the FCCO state shards {folder} are missing")
     target = _as_dtensor(state, group) if state.sharded else state.values
     request = {STATE_KEY: target}
-    same_world = saved_world_size == world_size
-    if same_world:
+    has_streams = saved_world_size == world_size and rank > 0
+    if has_streams:
         request[_rng_key(rank)] = rng_state()   # a template of the right structure
     distributed = dist.is_available() and dist.is_initialized()
     dcp.load(request, checkpoint_id=folder, process_group=group, no_dist=not distributed)
     if state.sharded and request[STATE_KEY].to_local().data_ptr() != state.values.data_ptr():
         state.values.copy_(request[STATE_KEY].to_local())
-    return request[_rng_key(rank)] if same_world else None
+    return request[_rng_key(rank)] if has_streams else None
 
 
 def restore_fcco_state(args, entry, loss, group):
@@ -244,20 +258,24 @@ def restore_fcco_state(args, entry, loss, group):
     shards = entry.get("state_shards")
     if shards is None:
         loss.load_state_dict(entry["loss"])
-        if args.world_size == 1:
-            return entry["rng"], ""
-        return None, "the checkpoint holds rank 0's RNG streams only (replicated FCCO state)"
+        streams = entry.get("rng_ranks") or [entry["rng"]]
+        if len(streams) == args.world_size:
+            return (entry["rng"] if args.rank == 0 else streams[args.rank]), ""
+        return None, (f"the checkpoint holds the RNG streams of {len(streams)} rank(s), this run "
+                      f"has {args.world_size}")
     if list(shards["columns"]) != list(loss.state.columns):
         raise CheckpointMismatch(f"{args.resume}: FCCO state columns {shards['columns']} do "
                                  f"not match this run's {list(loss.state.columns)}")
     folder = os.path.join(os.path.dirname(os.path.abspath(args.resume)), shards["name"])
     saved_world = shards["world_size"]
     rng = load_state_shards(loss.state, folder, saved_world, group, args.rank, args.world_size)
-    if rng is None and args.rank == 0:
+    if saved_world == args.world_size:
+        return (entry["rng"] if args.rank == 0 else rng), ""
+    if args.rank == 0:
         logging.info(f"FastCLIP resume: FCCO state resharded from {saved_world} ranks onto "
                      f"{args.world_size}")
-    return rng, (f"the checkpoint was written by {saved_world} ranks, this run has "
-                 f"{args.world_size}, so no rank's saved streams are its own")
+    return None, (f"the checkpoint was written by {saved_world} ranks, this run has "
+                  f"{args.world_size}, so no rank's saved streams are its own")
 
 
 def match_module_prefix(checkpoint_dict, ddp: bool) -> None:

@@ -50,6 +50,9 @@ class LocalComm:
     def all_to_all(self, tensor, send_splits, recv_splits, category: str = LOSS):
         return tensor.detach()
 
+    def all_gather_object(self, obj) -> list:
+        return [obj]
+
     def __repr__(self) -> str:
         return "LocalComm()"
 
@@ -108,6 +111,12 @@ class TorchDistributedComm(_CountingComm):
                                input_split_sizes=send_splits, group=self.group)
         return received
 
+    def all_gather_object(self, obj) -> list:
+        """Every rank's ``obj`` (checkpoint-time only: not counted in the per-step traffic)."""
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj, group=self.group)
+        return gathered
+
 
 class HorovodComm(_CountingComm):
     """Horovod (Gloo, MPI, NCCL): ``hvd.allgather`` outside autograd; needs ``hvd.init()``."""
@@ -132,6 +141,9 @@ class HorovodComm(_CountingComm):
             raise RuntimeError(f"rank {self.rank} expected rows {recv_splits} from the owners, "
                                f"received {counts.tolist()}")
         return received
+
+    def all_gather_object(self, obj) -> list:
+        return self._hvd.allgather_object(obj, name="fastclip.objects")
 
 
 def create_comm(args, meter=None):

@@ -94,7 +94,8 @@ def checkpoint_extras(args, loss, scheduler):
     if not _fastclip(args):
         return {}
     run = run_of(args)
-    entry = checkpoint.fastclip_entry(args, run.data_size, loss, scheduler, run.state_shards)
+    entry = checkpoint.fastclip_entry(args, run.data_size, loss, scheduler, run.state_shards,
+                                      run.rank_streams)
     return {checkpoint.CHECKPOINT_KEY: entry}
 
 
@@ -243,17 +244,24 @@ def check_state_replicas(args, loss, when):
                      f"(fingerprint {value:012x})")
 
 
-def save_state_shards(args, epoch, loss):
-    """Sharded state: every rank writes its shard (and RNG streams) before rank 0 writes the
-    epoch_N.pt that refers to it, whenever upstream's save block will write a checkpoint."""
+def saves_checkpoint(args, completed_epoch):
+    """Whether upstream's save block writes a checkpoint after ``completed_epoch`` epochs."""
+    return (completed_epoch == last_epoch_of_job(args) or args.save_most_recent or (
+        args.save_frequency > 0 and completed_epoch % args.save_frequency == 0)) and bool(
+        args.logs) and args.logs.lower() != "none"
+
+
+def save_rank_state(args, epoch, loss):
+    """Before rank 0 writes epoch_N.pt (collective, every rank, K > 1): sharded state → every
+    rank writes its shard (and ranks > 0 their RNG streams); replicated → every rank's RNG
+    streams are gathered for the .pt (rank 0's own are taken again as the .pt is written)."""
     run = run_of(args)
-    completed = epoch + 1
-    saves = (completed == last_epoch_of_job(args) or args.save_most_recent or (
-        args.save_frequency > 0 and completed % args.save_frequency == 0))
-    if not (_fastclip(args) and loss.state.sharded and saves and args.logs
-            and args.logs.lower() != "none"):
+    if not (_fastclip(args) and loss.comm.world_size > 1 and saves_checkpoint(args, epoch + 1)):
         return
-    name = checkpoint.shards_name(completed)
+    if not loss.state.sharded:
+        run.rank_streams = loss.comm.all_gather_object(checkpoint.rng_state())
+        return
+    name = checkpoint.shards_name(epoch + 1)
     checkpoint.save_state_shards(loss.state, args.checkpoint_path, name, run.state_group)
     run.state_shards = {"name": name, "world_size": loss.comm.world_size}
 
@@ -264,7 +272,7 @@ def after_epoch_distributed(args, epoch, data, loss):
     from .traffic import format_summary
 
     check_state_replicas(args, loss, f"after epoch {epoch}")
-    save_state_shards(args, epoch, loss)
+    save_rank_state(args, epoch, loss)
     meter = run_of(args).traffic_meter
     if meter is not None:
         summary = meter.epoch_summary(data["train"].dataloader.num_batches // args.accum_freq)

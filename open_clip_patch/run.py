@@ -13,6 +13,7 @@ calls them:
                          state_group      (sharded FCCO state, 2+ ranks)
     restore_state        consumes resume_entry
     after_epoch_distributed  state_shards (the shard folder the next checkpoint refers to)
+                         rank_streams (replicated, 2+ ranks: every rank's RNG streams)
 """
 import logging
 import weakref
@@ -34,6 +35,7 @@ class FastCLIPRun:
     gamma_schedule: Optional[GammaSchedule] = None
     state_group: object = None               # sharded state: the CPU group DCP runs over
     state_shards: Optional[dict] = None      # sharded state: the latest saved shard folder
+    rank_streams: Optional[list] = None      # replicated, K > 1: every rank's RNG streams
 
     def resolve_data_size(self, infer, source: str) -> int:
         """``--data-size`` when given, else ``infer()`` (the training data's id space), once."""

@@ -199,3 +199,18 @@ def test_delete_previous_checkpoint_also_deletes_the_shard_folders(tmp_path, dig
     folder = logs / "tidy" / "checkpoints"
     assert sorted(p.name for p in folder.iterdir()) == ["epoch_3.fcco", "epoch_3.pt"]
     assert torch.equal(saved_shards(folder / "epoch_3.pt"), assembled(out, "epoch_3.fcco", 2))
+
+
+@pytest.mark.parametrize("mode", ["sharded", "replicated"])
+def test_two_rank_resume_is_bit_exact_with_validation_in_either_mode(tmp_path, digits, mode):
+    """Rank 0 evaluates --val-data after each epoch, which draws from its torch stream (the val
+    loader's base seed); every rank's streams must be those after the evaluation, in either
+    --fcco-state (replicated: each rank's streams in the .pt; sharded: rank 0's in the .pt, the
+    others' in their shards). CSV with --workers 0: the crops draw from each rank's stream."""
+    logs, out = tmp_path / "logs", tmp_path / "out"
+    extra = ("--val-data", str(digits), "--fcco-state", mode)
+    for name, more in (("whole", ()), ("chain", ("--stop-epochs", "1")),
+                       ("chain", ("--resume", "latest"))):
+        run_ranks(2, flags(logs, name, digits, *extra, *more), out / name / "-".join(more))
+    assert_same_run_end(*(logs / n / "checkpoints" / "epoch_2.pt" for n in ("whole", "chain")),
+                        sharded=mode == "sharded")
