@@ -41,3 +41,13 @@ def test_demo_quality_figure_reads_the_demos_comparison(tmp_path):
     assert figure["r1_ratio_at_final_samples"] == 1.1
     assert figure["fraction_of_samples_to_reach_baseline_final"] == 0.75
     assert figure["source"].startswith("recorded demo")
+
+
+def test_sharded_state_memory_figure_measures_one_block_per_rank():
+    figure = bench.bench_shards.figure_state_memory_sharded(data_size=1_000_000)
+    rows = figure["per_rank"]
+    for world in (1, 2, 4):
+        sharded = rows[f"K={world}/sharded"]
+        assert sharded["reported_bytes"] == -(-1_000_000 // world) * 8 * 4   # v2: 8 columns
+        assert 0.9 < sharded["measured_rss_growth_bytes"] / sharded["reported_bytes"] < 1.1
+        assert rows[f"K={world}/replicated"]["reported_bytes"] == 1_000_000 * 8 * 4

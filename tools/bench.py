@@ -9,6 +9,9 @@ goals):
   3. FCCO state memory per rank for the published data sizes, from the state objects' reported
      bytes (meta tensors: nothing allocated), plus a measured allocation for the smallest.
   4. small-batch quality from the demo's results (build/demo/results.json), or a quick demo run.
+  5, 6. sharded FCCO state (tools/bench_shards.py): measured state bytes per rank, K = 1, 2, 4,
+     sharded vs replicated; bytes per step added by sharding and step time sharded / replicated
+     on 2 and 4 gloo ranks.
 
 Prints a table and one JSON line per figure; everything also goes to build/bench/results.json.
 """
@@ -23,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+import bench_shards
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_SIZES = {"CC3M": 3_318_333, "CC12M": 12_423_374, "LAION-400M": 414_080_000}
@@ -217,6 +222,24 @@ def print_table(results):
             extra = f", measured RSS growth {measured / 2**20:,.1f} MiB" if measured is not None else ""
             print(f"   {name:<26} data-size {row['data_size']:>11,}: "
                   f"{row['reported_bytes'] / 2**30:8.3f} GiB{extra}")
+    shards = results.get("state_memory_sharded")
+    if shards:
+        print(f"\n5. FCCO state per rank, measured RSS growth (data-size {shards['data_size']:,}, "
+              f"{shards['version']})")
+        for name, row in shards["per_rank"].items():
+            extra = (f", {row['fraction_of_replicated']:.3f} of replicated (goal ≤ "
+                     f"{row['goal_fraction']:.3f})" if "goal_fraction" in row else "")
+            print(f"   {name:<14} {row['measured_rss_growth_bytes'] / 2**20:8.1f} MiB{extra}")
+    cost = results.get("sharding_cost")
+    if cost:
+        print(f"\n6. Sharding's cost, gloo ranks, {cost['repeats']} interleaved repeats")
+        for world in (2, 4):
+            row = cost[f"K={world}"]
+            times = row["step_time_s"]
+            print(f"   K={world}: +{row['bytes_added_by_sharding']:.0f} B/step; step time sharded "
+                  f"{times['sharded']['median'] * 1e3:.1f} ms / replicated "
+                  f"{times['replicated']['median'] * 1e3:.1f} ms = {row['step_time_ratio']:.3f} "
+                  f"(goal ≤ {cost['goal_step_time_ratio']})")
     demo = results.get("demo_quality")
     if demo:
         print(f"\n4. Small-batch quality ({demo['source']})")
@@ -230,7 +253,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="minimal repeats (for tests)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--figures", default="step_time,communication,state_memory,demo_quality")
+    parser.add_argument("--figures", default="step_time,communication,state_memory,demo_quality,"
+                                              "state_memory_sharded,sharding_cost")
     parser.add_argument("--out", default=str(REPO / "build" / "bench" / "results.json"))
     args = parser.parse_args(argv)
     repeats = args.repeats or (2 if args.quick else 7)
@@ -240,6 +264,9 @@ def main(argv=None):
         "communication": lambda: figure_communication(args.quick),
         "state_memory": figure_state_memory,
         "demo_quality": lambda: figure_demo_quality(args.quick),
+        "state_memory_sharded": bench_shards.figure_state_memory_sharded,
+        "sharding_cost": lambda: bench_shards.figure_sharding_cost(*((1, 5) if args.quick
+                                                                     else (repeats // 2, 12))),
     }
     results = {}
     for name in args.figures.split(","):
