@@ -27,7 +27,7 @@ import torch
 import open_clip_patch  # noqa: F401  (registers fastclip-tiny-vit)
 import open_clip
 from open_clip_patch.comm import (HorovodComm, LocalComm, ReplicaMismatch, TorchDistributedComm,
-                                  check_identical_across_ranks, create_comm)
+                                  check_identical_across_ranks, check_shards, create_comm)
 from open_clip_patch.losses import FastCLIPLoss
 from open_clip_patch.versions import VERSIONS as LOSS_VERSIONS
 from open_clip_patch.traffic import (TrafficMeter, count_ddp_gradients, count_horovod_gradients,
@@ -214,10 +214,41 @@ def layouts_case(comm, version, layout, steps=3, world=None):
         losses.append(value.detach())
         grads.append(torch.cat([image.grad, text.grad]))
     state = loss_fn.state
+    sent = {k: v - before.get(k, 0) for k, v in (meter.sent if meter else {}).items()}
     return {"losses": torch.stack(losses), "grads": torch.stack(grads),
             "rows": (state.start, state.stop), "values": state.values.clone(),
-            "sharded": state.sharded,
-            "sent": {k: v - before.get(k, 0) for k, v in (meter.sent if meter else {}).items()}}
+            "sharded": state.sharded, "sent": sent,
+            "shard_checks": shard_check_cases(comm, state) if state.sharded else None}
+
+
+def _caught(check):
+    try:
+        check()
+    except ReplicaMismatch as error:
+        return str(error)
+    return ""
+
+
+def shard_check_cases(comm, state):
+    """comm.check_shards on intact shards, then on two alterations: rank 1's copy of the last
+    step's gathered rows differs for an id rank 0 owns (every rank reaches the fingerprint
+    comparison), and every rank alters a row it owns of that step (each fails its own check;
+    only when every rank owns one, so that none waits in the comparison alone)."""
+    intact = _caught(lambda: check_shards(comm, state, "intact"))
+    ids, rows = state.last_shared
+    altered_rows = rows.clone()
+    if comm.rank == 1:   # layout_inputs' last batch always holds ids of rank 0's block
+        altered_rows[int((state.owner_of(ids) == 0).nonzero()[0])] += 1.0
+    state.last_shared = (ids, altered_rows)
+    gathered = _caught(lambda: check_shards(comm, state, "altered gather"))
+    state.last_shared = (ids, rows)
+    owners = state.owner_of(ids)
+    owned = None
+    if bool((torch.bincount(owners, minlength=comm.world_size) > 0).all()):
+        mine = ids[owners == comm.rank][:1]
+        state.write(mine, state.read(mine, validated=True) + 1.0, validated=True)
+        owned = _caught(lambda: check_shards(comm, state, "altered shard"))
+    return {"intact": intact, "gathered": gathered, "owned": owned}
 
 
 def run_layout_cases(comm):

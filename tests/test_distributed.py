@@ -191,6 +191,19 @@ def test_sharded_state_equals_replicated_bit_for_bit(request, world, version):
             assert relative_error(shard["grads"], mine) <= 1e-10
 
 
+@pytest.mark.parametrize("world", [2, 4])
+def test_shard_checks_pass_intact_and_fail_loudly_when_altered(request, world):
+    """comm.check_shards: silent on intact shards; every rank raises when one rank's copy of the
+    gathered rows differs, and each rank whose owned row was altered raises on its own."""
+    for rank in request.getfixturevalue("ddp_ranks" if world == 2 else "four_ranks"):
+        for version in cases.LAYOUT_VERSIONS:
+            checks = rank[f"layouts/{version}/sharded"]["shard_checks"]
+            assert checks["intact"] == ""
+            assert "altered gather (layout and latest shared rows) differs" in checks["gathered"]
+            # layout_inputs' last batch gives every rank of 2 and 4 an owned id to alter
+            assert "does not hold the rows" in checks["owned"]
+
+
 def test_sharded_state_sends_the_owned_rows_and_fewer_ids(ddp_ranks):
     """Sharded: the ids ride in the feature gather (padded to a row of d), the scalar gather
     drops them, and the all-to-all sends 8·C bytes per row another rank's batch needs."""
