@@ -14,7 +14,7 @@ SETUP_STAMP := $(VENV)/.setup-done
 PATCH_STAMP := build/.installed-open-clip
 
 .PHONY: help setup horovod patch refresh-patches check-patches test test-fast test-upstream clean \
-        eval eval-imagenet report bench bench-comm demo
+        eval eval-imagenet report bench bench-comm demo demo-data demo-study
 
 help:
 	@echo "make setup           venv with pinned torch, deps and Horovod (Gloo, CPU)"
@@ -23,7 +23,9 @@ help:
 	@echo "make check-patches   apply from scratch and prove patches/ is current"
 	@echo "make test            setup + patch + check-patches + pytest (what CI runs)"
 	@echo "make test-upstream   OpenCLIP's heavier offline training tests against the patched tree"
-	@echo "make demo            OpenCLIP vs FastCLIP-v3 vs SigLIP on Twemoji, tiny model, CPU (DEMO_QUICK=1: fast)"
+	@echo "make demo            OpenCLIP vs FastCLIP-v3 vs SigLIP on the emoji/icon pool, CPU (DEMO_QUICK=1: fast)"
+	@echo "make demo-data       only the demo's data (pool from npm, rasterised once, cached)"
+	@echo "make demo-study      5 seeds x 6 methods on the whole pool + batch-size curve (hours)"
 	@echo "make bench           FastCLIP's cost vs the OpenCLIP baseline (step time, bytes, memory, quality)"
 	@echo "make bench-comm      bytes sent per step, FastCLIP-v3 vs OpenCLIP, 2 gloo ranks"
 	@echo "make eval CKPT=.. DATA=..  DataComp 38-task eval of checkpoint(s) on local wds sets"
@@ -76,9 +78,18 @@ test-upstream: setup patch
 	  $(PYTEST_ARGS)
 
 # ---- demo ----------------------------------------------------------------------------------
-# DEMO_QUICK=1 (or DEMO_ARGS=--quick): the digits fallback, two short epochs
-demo: setup patch
+# DEMO_QUICK=1 (or DEMO_ARGS=--quick): the digits fallback, two short epochs.
+# demo-data: only the data (the first build rasterises the pool once, ~6 min, progress bar);
+# demo-study: seeds x methods on the whole pool, then the batch-size curve (hours; STUDY_ARGS).
+demo: setup patch demo-data
 	bash run_scripts/demo.sh $(DEMO_ARGS)
+
+demo-data: setup
+	bash run_scripts/demo.sh data $(DEMO_ARGS)
+
+demo-study: setup patch
+	bash run_scripts/demo.sh study --jobs 2 $(STUDY_ARGS)
+	bash run_scripts/demo.sh batch-curve --jobs 2 $(STUDY_ARGS)
 
 # ---- benchmarks (ratios against the baseline measured in the same run) -------------------
 bench: setup patch

@@ -16,7 +16,9 @@ repository root (``bash run_scripts/demo.sh`` does that from anywhere):
     python -m demo --seed 1 --out build/demo-seed1              # a repeat with another seed
     python -m demo tune --jobs 2              # the tuning grids, scored on val_retrieval only
     python -m demo --batch-size 32 --methods openclip,fastclip-v3,fastclip-v1  # a regime
-    python -m demo.data demo --out build/demo/data              # only the data (demo/data/)
+    python -m demo data                       # only the data (make demo-data)
+    python -m demo study --jobs 2             # 5 seeds x 6 methods, whole pool (demo/study.py)
+    python -m demo batch-curve --jobs 2       # global batch 16/32/64/128, 3 seeds
 
 Files under ``--out`` (default build/demo): ``data/`` (demo data), ``runs/<method>/`` (OpenCLIP
 run dirs: params.txt, out.log, checkpoints/epoch_N.pt, eval/epoch_N/demo_{results.jsonl,
@@ -35,10 +37,11 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from demo.methods import DEFAULT_METHODS, FULL, METHODS, QUICK
+from demo.methods import DEFAULT_METHODS, FULL, METHODS, QUICK, STUDY
 from demo.runner import TrainingFailed
 
 DEFAULT_OUT = Path("build/demo")
+STUDY_OUT = Path("build/demo-study")   # the whole pool: its own data directory
 
 
 def parse_methods(text):
@@ -50,11 +53,21 @@ def parse_methods(text):
     return names
 
 
+def parse_seeds(text):
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be comma-separated integers, got {text!r}")
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", choices=("run", "tune"), default="run")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory")
+    parser.add_argument("command", nargs="?", choices=("run", "tune", "data", "study",
+                                                       "batch-curve"), default="run")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output directory (default {DEFAULT_OUT}; study and batch-curve: "
+                             f"{STUDY_OUT})")
     parser.add_argument("--quick", action="store_true",
                         default=os.environ.get("DEMO_QUICK", "") not in ("", "0"),
                         help="digits, 2 short epochs (also DEMO_QUICK=1)")
@@ -69,7 +82,10 @@ def parse_args(argv=None):
                         help="override the global batch (regime studies)")
     parser.add_argument("--skip-training", action="store_true",
                         help="evaluate the existing runs under --out/runs and rewrite the report")
-    parser.add_argument("--jobs", type=int, default=1, help="tune: trainers run at once")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="tune, study, batch-curve: trainers run at once")
+    parser.add_argument("--seeds", type=parse_seeds, default=None,
+                        help="study: comma-separated seeds (default 0-4; batch-curve 0-2)")
     parser.add_argument("--record", type=Path, default=None,
                         help="the tuning record the report reads and tune extends (default "
                              "demo/tuning_record.jsonl; tune --quick extends none)")
@@ -78,7 +94,8 @@ def parse_args(argv=None):
 
 
 def settings_from_args(args):
-    settings = QUICK if args.quick else FULL
+    study = args.command in ("study", "batch-curve")
+    settings = QUICK if args.quick else (STUDY if study else FULL)
     if args.source:
         settings = replace(settings, source=args.source)
     if args.epochs:
@@ -95,8 +112,28 @@ def main(argv=None):
     from demo.tuning import RECORD_PATH, run_tuning
 
     args = parse_args(argv)
+    args.out = args.out or (STUDY_OUT if args.command in ("study", "batch-curve") else DEFAULT_OUT)
     settings = settings_from_args(args)
-    if args.command == "tune":
+    methods_given = args.methods != list(DEFAULT_METHODS)
+    if args.command == "data":
+        from demo.pipeline import demo_data
+
+        manifest = demo_data(args.out, settings, not args.no_progress)
+        print(f"demo data: {manifest['root']} ({manifest['source']}, "
+              f"{manifest['train']['num_samples']:,} training pairs, "
+              f"{'built' if manifest['rebuilt'] else 'up to date'})")
+    elif args.command == "study":
+        from demo.study import STUDY_METHODS, STUDY_SEEDS, run_study
+
+        print(run_study(args.out, settings, args.methods if methods_given else STUDY_METHODS,
+                        args.seeds or STUDY_SEEDS, args.jobs, not args.no_progress))
+    elif args.command == "batch-curve":
+        from demo.study import CURVE_METHODS, CURVE_SEEDS, run_batch_curve
+
+        print(run_batch_curve(args.out, settings, args.methods if methods_given else
+                              CURVE_METHODS, args.seeds or CURVE_SEEDS, jobs=args.jobs,
+                              show_progress=not args.no_progress))
+    elif args.command == "tune":
         # quick tunings are for tests: they never extend the committed record by default
         record = args.record or (None if args.quick else RECORD_PATH)
         run_tuning(args.out, settings, args.methods, args.jobs, record)

@@ -15,7 +15,8 @@ HELDOUT_RETRIEVAL, HELDOUT_ZEROSHOT, VAL_RETRIEVAL = (
     "heldout_retrieval", "heldout_zeroshot", "val_retrieval")
 # Report columns: (key, header, task, metric). clip_benchmark's "text_retrieval" finds the
 # caption for an image (image→text); "image_retrieval" finds the image for a caption.
-COLUMNS = (
+# Twemoji and digits data: one held-out split.
+HELDOUT_COLUMNS = (
     ("i2t_r1", "I→T R@1", HELDOUT_RETRIEVAL, "text_retrieval_recall@1"),
     ("i2t_r5", "I→T R@5", HELDOUT_RETRIEVAL, "text_retrieval_recall@5"),
     ("t2i_r1", "T→I R@1", HELDOUT_RETRIEVAL, "image_retrieval_recall@1"),
@@ -23,6 +24,41 @@ COLUMNS = (
     ("mean_r1", "mean R@1", HELDOUT_RETRIEVAL, "mean_recall@1"),
     ("zeroshot_top1", "zero-shot top-1", HELDOUT_ZEROSHOT, "acc1"),
 )
+
+
+def _retrieval_columns(prefix, title, task):
+    return ((f"{prefix}i2t_r1", f"{title} I→T R@1", task, "text_retrieval_recall@1"),
+            (f"{prefix}i2t_r5", f"{title} I→T R@5", task, "text_retrieval_recall@5"),
+            (f"{prefix}t2i_r1", f"{title} T→I R@1", task, "image_retrieval_recall@1"),
+            (f"{prefix}t2i_r5", f"{title} T→I R@5", task, "image_retrieval_recall@5"))
+
+
+# The pool (demo/data/pool.py): concept held-out (the headline, "mean_r1"), style held-out,
+# the concept held-out split by family, and zero-shot over the held-out concepts.
+POOL_COLUMNS = (
+    *_retrieval_columns("", "concept", "concept_retrieval"),
+    ("mean_r1", "concept mean R@1", "concept_retrieval", "mean_recall@1"),
+    *_retrieval_columns("style_", "style", "style_retrieval"),
+    ("style_mean_r1", "style mean R@1", "style_retrieval", "mean_recall@1"),
+    ("emoji_mean_r1", "concept emoji mean R@1", "concept_emoji_retrieval", "mean_recall@1"),
+    ("icons_mean_r1", "concept icons mean R@1", "concept_icons_retrieval", "mean_recall@1"),
+    ("zeroshot_top1", "zero-shot top-1", "concept_zeroshot", "acc1"),
+)
+COLUMNS = HELDOUT_COLUMNS + POOL_COLUMNS   # every key a summary may carry
+
+
+def columns_for(eval_set_names):
+    """The report's columns for a data directory's evaluation sets."""
+    return POOL_COLUMNS if "concept_retrieval" in eval_set_names else HELDOUT_COLUMNS
+
+
+def heldout_sets(eval_set_names):
+    """The sets a demo run is evaluated on: every set but validation (tuning only)."""
+    return tuple(name for name in eval_set_names if name != VAL_RETRIEVAL)
+
+
+def zeroshot_set(eval_set_names):
+    return next(name for name in eval_set_names if name.endswith("zeroshot"))
 
 
 class EvalSets:
@@ -121,7 +157,8 @@ def read_run_points(run_dir):
     """Per evaluated epoch: {"epoch", "samples_seen", <column key>: value or None}."""
     from eval.report import load_points
 
+    keys = dict.fromkeys(key for key, *_ in COLUMNS)
     points = [{"epoch": point["epoch"], "samples_seen": point["samples_seen"],
-               **{key: (point["headline"].get(key) or {}).get("value") for key, *_ in COLUMNS}}
+               **{key: (point["headline"].get(key) or {}).get("value") for key in keys}}
               for point in load_points(Path(run_dir) / "eval")]
     return sorted(points, key=lambda p: p["epoch"])

@@ -9,27 +9,41 @@ hyperparameter is named after the trainer flag it sets (``gamma_min`` -> ``--gam
 import itertools
 from dataclasses import dataclass, field
 
-MODEL = "fastclip-tiny-vit"
+# The tiny model at 64 px with 16-pixel patches: the same 16 image tokens (so about the same
+# step time) as fastclip-tiny-vit at 32 px with 8-pixel patches, but four times the pixels.
+MODEL = "fastclip-tiny-vit-64"
+SMALL_MODEL = "fastclip-tiny-vit"   # 32 px: the digits and Twemoji data
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """What every method shares. ``train_num_samples`` None = the whole train split per epoch."""
+    """What every method shares. ``train_num_samples`` None = the whole train split per epoch;
+    ``train_pairs`` None = the whole pool's train split in the shards (else a seeded subset)."""
     source: str = "auto"
-    epochs: int = 20
+    epochs: int = 6
     batch_size: int = 16
     train_num_samples: int = None
     warmup_steps: int = 100
     weight_decay: float = 0.1
     seed: int = 0
     workers: int = 1
-    log_every_n_steps: int = 5
+    log_every_n_steps: int = 20
+    model: str = MODEL
+    train_pairs: int = 12_000
 
 
+# `make demo`: 12,000 pool pairs x 6 passes = 72,000 samples per method (README: why).
 FULL = DemoSettings()
+# `make demo-study`: the whole pool's train split (25,602 pairs), 8 passes.
+STUDY = DemoSettings(epochs=8, train_pairs=None)
+# Where the tuned hyperparameters below were chosen (demo/tuning_record.jsonl): Twemoji alone,
+# 2,691 pairs, 20 epochs at batch 16, the 32 px model. `python -m demo tune` on the pool adds
+# the pool's grid to the record; TUNED_AT then names the pool's settings.
+TUNED_AT = DemoSettings(source="twemoji", epochs=20, log_every_n_steps=5, model=SMALL_MODEL,
+                        train_pairs=None)
 # Seconds, for tests: digits (no npm), a few hundred samples per epoch.
 QUICK = DemoSettings(source="digits", epochs=2, train_num_samples=320, warmup_steps=4,
-                     log_every_n_steps=2)
+                     log_every_n_steps=2, model=SMALL_MODEL, train_pairs=None)
 
 
 @dataclass(frozen=True)
@@ -42,8 +56,11 @@ class Method:
     per_sample_state: bool = False   # FastCLIP's u (and τ) are indexed by id: needs --data-size
 
 
-FASTCLIP_V3 = ("--fastclip", "--fastclip-version", "v3")
-FASTCLIP_V1 = ("--fastclip", "--fastclip-version", "v1")
+def fastclip(version):
+    return ("--fastclip", "--fastclip-version", version)
+
+
+FASTCLIP_V3, FASTCLIP_V1 = fastclip("v3"), fastclip("v1")
 METHODS = {
     "openclip": Method(
         "OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
@@ -63,6 +80,15 @@ METHODS = {
         "FastCLIP-v1", tuned=dict(lr=1e-3, gamma_min=0.8),
         grid=dict(lr=[2.5e-4, 5e-4, 1e-3], gamma_min=[0.2, 0.8]), loss_flags=FASTCLIP_V1,
         fixed=dict(temperature=0.03), per_sample_state=True),
+    # The study's other versions (not tuned: v3's lr and γ_min, the version's own τ settings).
+    "fastclip-v0": Method(
+        "FastCLIP-v0", tuned=dict(lr=5e-4, gamma_min=0.8),
+        grid=dict(lr=[2.5e-4, 5e-4, 1e-3], gamma_min=[0.2, 0.8]), loss_flags=fastclip("v0"),
+        per_sample_state=True),
+    "fastclip-v2": Method(
+        "FastCLIP-v2", tuned=dict(lr=5e-4, gamma_min=0.8),
+        grid=dict(lr=[2.5e-4, 5e-4, 1e-3], gamma_min=[0.2, 0.8]), loss_flags=fastclip("v2"),
+        per_sample_state=True),
 }
 DEFAULT_METHODS = ("openclip", "fastclip-v3", "siglip")
 

@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from demo.compare import comparison, recall_standard_error
-from demo.evaluate import COLUMNS, read_run_points
-from demo.methods import METHODS, MODEL
+from demo.evaluate import columns_for, read_run_points
+from demo.methods import METHODS, TUNED_AT
 from demo.plots import plot_curves
 from demo.runner import read_train_record
 from eval.report import markdown_table, pct
@@ -26,14 +26,21 @@ def collect_runs(runs_dir, names):
     return runs
 
 
-def final_table(runs):
-    header = ["method"] + [title for _, title, _, _ in COLUMNS] + [
+def headline_queries(manifest):
+    """Pairs in the set behind the headline mean R@1 (the concept or the one held-out set)."""
+    pool_counts = manifest["counts"].get("eval", {}).get("concept_retrieval")
+    return pool_counts["pairs"] if pool_counts else manifest["counts"]["heldout"]["samples"]
+
+
+def final_table(runs, manifest):
+    columns = columns_for(manifest["eval_sets"])
+    header = ["method"] + [title for _, title, _, _ in columns] + [
         "train wall time (s)", "samples seen", "epochs"]
     rows = []
     for run in runs.values():
         last = run["points"][-1]
         wall = run["train"].get("wall_s")
-        rows.append([run["label"]] + [pct(last[key]) for key, *_ in COLUMNS] + [
+        rows.append([run["label"]] + [pct(last[key]) for key, *_ in columns] + [
             "–" if wall is None else f"{wall:.0f}", f"{last['samples_seen']:,}", last["epoch"]])
     return markdown_table(header, rows)
 
@@ -73,12 +80,30 @@ def comparison_lines(figures, runs, heldout_pairs):
     ]
 
 
-def settings_lines(settings, manifest, runs):
+def data_line(manifest):
     counts = manifest["counts"]
+    if manifest["source"] != "pool":
+        return (f"- Data: {manifest['source']} — train {counts['train']['samples']:,} pairs, "
+                f"validation {counts['val']['samples']:,} (tuning only), held-out "
+                f"{counts['heldout']['samples']:,} (this report only).")
+    evals = counts["eval"]
+    return (f"- Data: the pool ({len(counts['train_by_package'])} sets, {manifest['image_size']} "
+            f"px) — train {counts['train_shards']['samples']:,} pairs of "
+            f"{counts['train']['samples']:,} ({counts['train']['concepts']:,} concepts); "
+            f"validation {evals['val_retrieval']['pairs']:,} pairs (tuning only); concept "
+            f"held-out {evals['concept_retrieval']['pairs']:,} pairs "
+            f"({evals['concept_emoji_retrieval']['pairs']:,} emoji, "
+            f"{evals['concept_icons_retrieval']['pairs']:,} icons; chance R@1 "
+            f"{100 / evals['concept_retrieval']['pairs']:.2f}), zero-shot over "
+            f"{evals['concept_zeroshot']['classes']:,} held-out concepts "
+            f"({evals['concept_zeroshot']['images']:,} images, every style); style held-out "
+            f"(Fluent Emoji, never trained on) {evals['style_retrieval']['pairs']:,} pairs "
+            f"(chance R@1 {100 / evals['style_retrieval']['pairs']:.2f}).")
+
+
+def settings_lines(settings, manifest, runs):
     lines = [
-        f"- Data: {manifest['source']} — train {counts['train']['samples']:,} pairs, validation "
-        f"{counts['val']['samples']:,} (tuning only), held-out {counts['heldout']['samples']:,} "
-        f"(this report only); model {MODEL}.",
+        data_line(manifest) + f" Model {settings.model}.",
         f"- Shared: global batch {settings.batch_size}, {settings.epochs} epochs, seed "
         f"{settings.seed}, AdamW (wd {settings.weight_decay}), cosine lr with "
         f"{settings.warmup_steps} warm-up steps, fp32 on CPU.",
@@ -89,9 +114,12 @@ def settings_lines(settings, manifest, runs):
     return lines
 
 
-def zeroshot_lines(majority_share):
+def zeroshot_lines(majority_share, manifest):
     if majority_share is None:
         return []
+    if manifest["source"] == "pool":
+        return [f"- Zero-shot top-1 for scale: always answering the most frequent held-out "
+                f"concept scores {pct(majority_share)}."]
     return [f"- Zero-shot category top-1 for scale: always answering the most frequent held-out "
             f"category scores {pct(majority_share)}. Captions name the emoji, never the "
             "category, so this task is far from what the tiny models learn."]
@@ -119,20 +147,33 @@ def tuning_lines(entries, settings, runs):
                             ""], rows)]
 
 
+def tuning_section(entries, settings, runs):
+    """The record's lines at the run's settings; else a note and the lines where the
+    hyperparameters were tuned (methods.TUNED_AT)."""
+    lines = tuning_lines(entries, settings, runs)
+    if not lines[0].startswith("No line") or settings == TUNED_AT:
+        return lines
+    where = ", ".join(f"{k} {v}" for k, v in asdict(TUNED_AT).items() if k != "seed")
+    return [f"Not tuned at these settings: the hyperparameters were chosen on the validation "
+            f"split at other settings ({where}), whose record lines follow.", "",
+            *tuning_lines(entries, TUNED_AT, runs)]
+
+
 def write_report(out_dir, settings, manifest, runs, majority_share=None, record_entries=()):
     """report.md, curves.png and results.json under out_dir, from the runs' eval files."""
     out_dir = Path(out_dir)
     figures = comparison(runs)
-    plot_curves(runs, out_dir / "curves.png")
+    plot_curves(runs, out_dir / "curves.png", columns_for(manifest["eval_sets"]))
     lines = ["# Demo: OpenCLIP vs FastCLIP-v3" + (" vs SigLIP" if "siglip" in runs else ""), "",
              *settings_lines(settings, manifest, runs), "",
-             "## Final checkpoints (held-out split; values ×100)", "", final_table(runs), "",
-             *comparison_lines(figures, runs, manifest["counts"]["heldout"]["samples"]),
-             *zeroshot_lines(majority_share), "",
-             "## Held-out retrieval mean R@1 per epoch (×100)", "", curve_table(runs), "",
+             "## Final checkpoints (held-out sets; values ×100)", "",
+             final_table(runs, manifest), "",
+             *comparison_lines(figures, runs, headline_queries(manifest)),
+             *zeroshot_lines(majority_share, manifest), "",
+             "## Held-out mean R@1 per epoch (×100)", "", curve_table(runs), "",
              "![metrics against samples seen](curves.png)", "",
              "## Tuning record (validation split; values ×100)", "",
-             *tuning_lines(record_entries, settings, runs), "",
+             *tuning_section(record_entries, settings, runs), "",
              f"Attribution: {manifest['attribution']}", ""]
     (out_dir / "report.md").write_text("\n".join(lines))
     results = {"settings": asdict(settings), "data": {k: manifest[k] for k in (

@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-from demo.methods import MODEL
 
 PROGRESS_RE = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+)")
 
@@ -28,7 +27,7 @@ def trainer_command(settings, manifest, flags, logs, name, save_frequency=1):
     data_root = Path(manifest["root"])
     num_samples = settings.train_num_samples or manifest["train"]["num_samples"]
     return [
-        sys.executable, "-u", "-m", "open_clip_train.main", "--model", MODEL,
+        sys.executable, "-u", "-m", "open_clip_train.main", "--model", settings.model,
         "--train-data", str(data_root / manifest["train"]["pattern"]),
         "--dataset-type", "webdataset", "--train-num-samples", str(num_samples),
         "--batch-size", str(settings.batch_size), "--epochs", str(settings.epochs),

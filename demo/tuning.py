@@ -117,10 +117,10 @@ def run_tuning(out_dir, settings, names, jobs=1, record=None):
     also extend the tuning record at ``record`` (None: no record)."""
     from tqdm import tqdm
 
-    from demo.data.build import build_demo_data
+    from demo.pipeline import demo_data
 
     out_dir = Path(out_dir)
-    manifest = build_demo_data(out_dir / "data", settings.source)
+    manifest = demo_data(out_dir, settings)
     tuning_dir = out_dir / "tuning"
     tuning_dir.mkdir(parents=True, exist_ok=True)
     eval_sets = EvalSets(manifest["root"], (VAL_RETRIEVAL,))

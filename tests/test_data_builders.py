@@ -270,11 +270,12 @@ def test_rebuild_reuses_the_stamp_and_force_keeps_the_same_ids(fake_twemoji):
 
 # ---------------------------------------------------------------- fallback and safety
 
-def test_auto_falls_back_to_digits_in_one_line_when_npm_is_missing(tmp_path, capsys):
+def test_auto_falls_back_to_digits_loudly_when_npm_is_missing(tmp_path, capsys):
     manifest = build_demo_data(tmp_path / "data", "auto", num_shards=2, npm="no-such-npm-here",
-                               cache_dir=tmp_path / "cache")
+                               cache_dir=tmp_path / "cache", image_size=32)
     notice = capsys.readouterr().err.strip().splitlines()
-    assert len(notice) == 1 and "digits fallback" in notice[0] and "no-such-npm-here" in notice[0]
+    assert notice[0] == notice[-1] == "!" * 78 and len(notice) == 4   # a banner, not a line
+    assert "no-such-npm-here" in notice[1] and "FALLING BACK TO THE SCIKIT-LEARN DIGITS" in notice[2]
     assert manifest["source"] == "digits-fallback"
     assert "no-such-npm-here" in manifest["provenance"]["fallback_reason"]
     counts = {split: manifest["counts"][split]["samples"] for split in ("train", "val", "heldout")}
@@ -283,9 +284,10 @@ def test_auto_falls_back_to_digits_in_one_line_when_npm_is_missing(tmp_path, cap
                                   "zeroshot_classification")
     assert dataset.classes == [str(d) for d in range(10)] and len(items) == counts["heldout"]
     assert_sizes_match_shards(Path(manifest["root"]) / "train")
-    with pytest.raises(DataUnavailable, match="not on PATH"):
-        build_demo_data(tmp_path / "other", "twemoji", npm="no-such-npm-here",
-                        cache_dir=tmp_path / "cache")
+    for insisting in ("twemoji", "pool"):
+        with pytest.raises(DataUnavailable, match="not on PATH"):
+            build_demo_data(tmp_path / "other", insisting, npm="no-such-npm-here",
+                            cache_dir=tmp_path / "cache")
 
 
 def test_cached_tarball_with_wrong_integrity_is_discarded(tmp_path):

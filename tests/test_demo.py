@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from demo import compare, evaluate, methods, report, runner, tuning
-from demo.methods import DEFAULT_METHODS, FULL, METHODS, QUICK, Method
+from demo.methods import DEFAULT_METHODS, FULL, METHODS, QUICK, TUNED_AT, Method
 
 REPO = Path(__file__).resolve().parents[1]
 METHOD_LABELS = {name: METHODS[name].label for name in DEFAULT_METHODS}
@@ -73,7 +73,7 @@ def test_report_numbers_are_the_evaluation_output(quick_demo):
     final = table_rows((out / "report.md").read_text(), "method")
     for name, label in METHOD_LABELS.items():
         records = eval_records(out / "runs" / name, QUICK.epochs)
-        for _, header, task, metric in evaluate.COLUMNS:
+        for _, header, task, metric in evaluate.HELDOUT_COLUMNS:
             assert final[label][header] == f"{100 * records[task]['metrics'][metric]:.2f}", \
                 (name, header)
         samples_seen = records["heldout_retrieval"]["info"]["samples_seen"]
@@ -178,9 +178,9 @@ def test_every_hyperparameter_is_the_trainer_flag_of_its_name():
 
 
 def test_tuned_hyperparameters_are_the_records_best_over_the_whole_grid():
-    """demo/tuning_record.jsonl at FULL settings (seeded shuffle) scores every grid point of the
+    """demo/tuning_record.jsonl at TUNED_AT (seeded shuffle) scores every grid point of the
     default methods, and each method's tuned point is its best."""
-    full = json.loads(json.dumps(asdict(FULL)))
+    full = json.loads(json.dumps(asdict(TUNED_AT)))
     entries = [e for e in tuning.read_record() if e["settings"] == full
                and e["shuffle"] == "seeded"]
     for name in DEFAULT_METHODS:
@@ -198,9 +198,10 @@ def test_report_shows_the_record_lines_of_its_settings_only():
         return {"method": method, "hyper": dict(lr=lr, temperature=0.07), "fixed": {},
                 "settings": asdict(settings), "shuffle": "seeded", "val_mean_r1": score}
 
-    entries = [entry(FULL, 1e-3, 0.2075), entry(replace(FULL, seed=3), 5e-4, 0.1888),
-               entry(replace(FULL, batch_size=32), 1e-3, 0.30), entry(FULL, 1e-3, 0.5, "siglip")]
-    table, = report.tuning_lines(entries, replace(FULL, seed=1), runs)
+    entries = [entry(TUNED_AT, 1e-3, 0.2075), entry(replace(TUNED_AT, seed=3), 5e-4, 0.1888),
+               entry(replace(TUNED_AT, batch_size=32), 1e-3, 0.30),
+               entry(TUNED_AT, 1e-3, 0.5, "siglip")]
+    table, = report.tuning_lines(entries, replace(TUNED_AT, seed=1), runs)
     rows = [line for line in table.splitlines()[2:]]
     assert rows == ["| OpenCLIP | lr 0.001, temperature 0.07 | 20.75 | 0 | seeded | used |",
                     "| OpenCLIP | lr 0.0005, temperature 0.07 | 18.88 | 3 | seeded |  |"]
