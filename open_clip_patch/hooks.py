@@ -127,8 +127,16 @@ def last_epoch_of_job(args):
 # ---- data.py ------------------------------------------------------------------------------
 def wds_tar_stage(args, tarfile_to_samples):
     """OpenCLIP's shard reader, with a handler that also counts corrupt shards (the counters
-    are shared with the dataloader workers)."""
-    return partial(tarfile_to_samples, handler=run_of(args).data_counters.count_shard_error)
+    are shared with the dataloader workers), watched by the run's sample-flow guard: data that
+    yields no valid sample stops with one line instead of being read forever (baseline too)."""
+    from open_clip_train.data import _SAMPLE_SHUFFLE_INITIAL, _SAMPLE_SHUFFLE_SIZE, expand_urls
+
+    run = run_of(args)
+    run.sample_guard = indexing.SampleFlowGuard(
+        len(expand_urls(args.train_data)[0]), run.data_counters,
+        sample_limit=_SAMPLE_SHUFFLE_SIZE + _SAMPLE_SHUFFLE_INITIAL)
+    return run.sample_guard.read(partial(tarfile_to_samples,
+                                         handler=run.data_counters.count_shard_error))
 
 
 def wds_sample_shuffle(args, bufsize, initial, epoch):
@@ -142,8 +150,10 @@ def wds_to_tuple(args, is_train):
     """The pipeline's last per-sample stages: (image, text) or (image, text, sample_id)."""
     import webdataset as wds
 
+    guard = run_of(args).sample_guard if is_train else None
+    last = [guard.passed] if guard is not None else []
     if not (_fastclip(args) and is_train):
-        return [wds.to_tuple("image", "text")]
+        return [wds.to_tuple("image", "text"), *last]
     from open_clip_train.data import expand_urls
 
     run = run_of(args)
@@ -151,7 +161,7 @@ def wds_to_tuple(args, is_train):
         lambda: indexing.id_space_of_shards(expand_urls(args.train_data)[0]),
         "from the shards' id space")
     stage = indexing.WdsSampleId(data_size, args.skip_invalid_ids, run.data_counters)
-    return [wds.map(stage), wds.to_tuple("image", "text", "sample_id")]
+    return [wds.map(stage), wds.to_tuple("image", "text", "sample_id"), *last]
 
 
 def with_sample_ids(args, dataset, is_train):

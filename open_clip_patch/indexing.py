@@ -36,6 +36,9 @@ class WithSampleIds(Dataset):
         return (*self.dataset[index], index)
 
 
+SKIP_WARNING_EVERY = 1000  # after the first skipped sample, one summary line per this many
+
+
 class DataCounters:
     """Counts shared with dataloader workers: corrupt-shard errors and skipped samples."""
 
@@ -47,6 +50,17 @@ class DataCounters:
     def _add(value):
         with value.get_lock():
             value.value += 1
+            return value.value
+
+    def count_invalid_id(self, message):
+        """Count a skipped sample; warn on the first and then once per SKIP_WARNING_EVERY (a
+        data set of bad ids once wrote 39,378 warnings in 45 s), every skip counted."""
+        total = self._add(self.invalid_ids)
+        if total == 1:
+            logging.warning(f"Skipping: {message} (further skips are summarised every "
+                            f"{SKIP_WARNING_EVERY})")
+        elif total % SKIP_WARNING_EVERY == 0:
+            logging.warning(f"Skipped {total} samples with invalid ids so far; latest: {message}")
 
     def count_shard_error(self, exn):
         """A webdataset handler: warn, count and continue (OpenCLIP's log_and_continue + a count)."""
@@ -92,8 +106,9 @@ class WdsSampleId:
         if not self.skip_invalid:
             raise ValueError(message + " (use --skip-invalid-ids to skip such samples)")
         if self.counters is not None:
-            DataCounters._add(self.counters.invalid_ids)
-        logging.warning("Skipping: " + message)
+            self.counters.count_invalid_id(message)
+        else:
+            logging.warning("Skipping: " + message)
         return None  # webdataset's map drops None
 
 
@@ -149,3 +164,84 @@ def id_space_of_shards(shard_paths):
                              f"give --data-size explicitly")
         numbers.append(int(match.group(1)))
     return (max(numbers) + 1) * IMG2DATASET_SHARD_STRIDE
+
+
+class NoValidSamples(RuntimeError):
+    """The training data yields no valid sample: stop instead of reading it forever."""
+
+
+class SampleFlowGuard:
+    """Stops a webdataset training pipeline that reads shards but yields no valid sample.
+
+    OpenCLIP's ``with_epoch`` repeats the pipeline until the epoch's batches are full, and the
+    resampled shard list never ends, so a data set of empty tars, or of samples all skipped
+    (--skip-invalid-ids), spun forever (baseline too). Two stages share this object in each
+    worker: :meth:`read` wraps the tar reader (counts the shards opened and the samples read),
+    :meth:`passed` follows the last per-sample stage (counts the valid samples). It raises
+    :class:`NoValidSamples`, one line naming the shards and the counts, when
+      - a pass over this worker's shards ends without a valid sample (the shard list is finite);
+      - more samples than the shuffle buffer holds were read since the last valid one
+        (``sample_limit``): all the others went down the pipeline and none was valid;
+      - ``shard_limit`` shards in a row yielded no sample at all (empty tars, resampled).
+    """
+
+    def __init__(self, num_shards, counters, sample_limit, shard_limit=None):
+        self.counters = counters
+        self.sample_limit = sample_limit
+        self.shard_limit = shard_limit or max(1000, 10 * num_shards)
+        self._reset()
+
+    def _reset(self):
+        self.shards, self.shards_opened, self.samples_read = [], 0, 0
+
+    def _urls(self, src):
+        for item in src:
+            self.shards_opened += 1
+            if len(self.shards) < 5 and item.get("url") not in self.shards:
+                self.shards.append(item.get("url"))
+            if self.shards_opened >= self.shard_limit and self.samples_read == 0:
+                self._stop(f"{self.shards_opened} shards in a row held no sample")
+            yield item
+
+    def read(self, tar_stage):
+        return _GuardedReader(self, tar_stage)
+
+    def passed(self, src):
+        """The last stage before batching: counts the valid samples of this pass."""
+        valid = 0
+        for sample in src:
+            valid += 1
+            self._reset()
+            yield sample
+        if valid == 0 and self.shards_opened:
+            self._stop("a whole pass over this worker's shards ended")
+
+    def _count_read(self):
+        self.samples_read += 1
+        if self.samples_read > self.sample_limit:
+            self._stop(f"{self.samples_read} samples were read in a row")
+
+    def _stop(self, what):
+        worker = torch.utils.data.get_worker_info()
+        counts = self.counters.snapshot() if self.counters is not None else {}
+        shards = ", ".join(str(s) for s in self.shards) + (", ..." if self.shards_opened > 5
+                                                            else "")
+        raise NoValidSamples(
+            f"no valid training sample: {what} without one (data worker "
+            f"{worker.id if worker else 0}; shards {shards}; {self.shards_opened} shard reads, "
+            f"{self.samples_read} samples read, {counts.get('invalid_ids_skipped', 0)} skipped "
+            f"for invalid ids, {counts.get('shard_errors', 0)} shard errors so far)")
+
+
+class _GuardedReader:
+    """The tar reader stage with the guard counting its shards and samples (a class, not a
+    closure, so the pipeline stays picklable for spawned workers)."""
+
+    def __init__(self, guard, tar_stage):
+        self.guard, self.tar_stage = guard, tar_stage
+
+    def __call__(self, src):
+        self.guard._reset()
+        for sample in self.tar_stage(self.guard._urls(src)):
+            self.guard._count_read()
+            yield sample

@@ -9,6 +9,7 @@ calls them:
     on_resume            resume_entry, resume_epoch
     get_data             data_size        (--data-size, else the training data's id space)
                          data_counters    (shared with the dataloader workers)
+                         sample_guard     (webdataset: stops data with no valid sample)
     create_loss          gamma_schedule   (needs data_size: the data must come first)
                          state_group      (sharded FCCO state, 2+ ranks)
     restore_state        consumes resume_entry
@@ -36,6 +37,7 @@ class FastCLIPRun:
     state_group: object = None               # sharded state: the CPU group DCP runs over
     state_shards: Optional[dict] = None      # sharded state: the latest saved shard folder
     rank_streams: Optional[list] = None      # replicated, K > 1: every rank's RNG streams
+    sample_guard: object = None              # webdataset training: indexing.SampleFlowGuard
 
     def resolve_data_size(self, infer, source: str) -> int:
         """``--data-size`` when given, else ``infer()`` (the training data's id space), once."""
