@@ -12,8 +12,9 @@ import logging
 from functools import partial
 
 import open_clip
+import torch
 
-from . import checkpoint, indexing, optim, params, temperature
+from . import checkpoint, checkpoint_files, indexing, optim, params, temperature
 from .run import run_of
 from .schedules import GammaSchedule
 
@@ -62,9 +63,11 @@ def create_loss(args):
     return loss
 
 
-def on_resume(args, checkpoint_dict):
+def on_resume(args, checkpoint_dict, model=None, optimizer=None):
     """Check the checkpoint's FastCLIP entry now (before the optimizer loads a mismatched one)
-    and keep it in the run until the loss exists: the loss is built after the data."""
+    and keep it in the run until the loss exists: the loss is built after the data. A
+    checkpoint without FCCO state (an OpenCLIP run's) continues under --fcco-state-fresh: see
+    :func:`continue_without_fcco_state`."""
     checkpoint.match_module_prefix(checkpoint_dict, ddp=args.distributed and not args.horovod)
     if not _fastclip(args):
         return
@@ -73,6 +76,37 @@ def on_resume(args, checkpoint_dict):
     usable = checkpoint.check_entry(args, entry, args.resume, run.data_size)
     run.resume_entry = entry if usable else None
     run.resume_epoch = checkpoint_dict["epoch"]
+    if not usable and model is not None:
+        continue_without_fcco_state(args, checkpoint_dict, model, optimizer)
+
+
+def _group_sizes(optimizer_state):
+    return [len(group["params"]) for group in optimizer_state["param_groups"]]
+
+
+def continue_without_fcco_state(args, checkpoint_dict, model, optimizer):
+    """--fcco-state-fresh on a checkpoint without FCCO state: the model weights and the epoch
+    (hence the lr schedule's step) continue and u starts from zero. The optimizer state is
+    kept when its parameter groups are this run's; otherwise (OpenCLIP's two groups against
+    FastCLIP's own τ group, or a frozen logit scale that left the groups) it is rebuilt, i.e.
+    this run's fresh state is loaded, and the log says so. A scheme with a frozen τ keeps this
+    run's τ₀ rather than the logit scale OpenCLIP learned."""
+    if optimizer is not None and "optimizer" in checkpoint_dict:
+        saved, ours = _group_sizes(checkpoint_dict["optimizer"]), _group_sizes(optimizer.state_dict())
+        if saved != ours:
+            logging.warning(f"--fcco-state-fresh: the checkpoint's optimizer has parameter groups "
+                            f"of sizes {saved}, this run's {ours}: the optimizer state is rebuilt "
+                            f"(moments restart from zero; weights and step continue)")
+            checkpoint_dict["optimizer"] = optimizer.state_dict()
+    if not temperature.learns_global_tau(args):
+        state = checkpoint_dict["state_dict"]
+        key = next((k for k in ("logit_scale", "module.logit_scale") if k in state), None)
+        ours = getattr(model, "module", model).logit_scale
+        if key is not None and not torch.equal(state[key], ours.detach()):
+            logging.info(f"--fcco-state-fresh: τ is frozen under --temperature-scheme "
+                         f"{args.temperature_scheme}, so it stays τ₀={args.temperature} (the "
+                         f"checkpoint's logit scale {float(state[key]):.4f} is not used)")
+            state[key] = ours.detach().clone()
 
 
 def restore_state(args, loss, scheduler):
@@ -100,7 +134,39 @@ def checkpoint_extras(args, loss, scheduler):
 
 
 def save_checkpoint(checkpoint_dict, path):
+    """Remove the partial files of saves a kill interrupted, then save atomically."""
+    import os
+
+    checkpoint_files.remove_partial_saves(os.path.dirname(os.path.abspath(path)))
     checkpoint.save_atomically(checkpoint_dict, path)
+
+
+def resume_latest(checkpoint_path, remote, newest):
+    """--resume latest: the newest checkpoint that loads, older ones as fallback (logged);
+    ``newest`` is upstream's lookup, kept for --remote-sync (the listing is remote)."""
+    if remote:
+        return newest(checkpoint_path, remote=remote)
+    return checkpoint_files.newest_loadable(checkpoint_path)
+
+
+def dist_timeout(args):
+    """--dist-timeout as the timedelta for init_process_group (None: torch's default). Horovod
+    takes no timeout argument: its stall shutdown time is set instead (unless set already)."""
+    import datetime
+    import os
+
+    if args.dist_timeout is None:
+        return None
+    if getattr(args, "horovod", False):
+        os.environ.setdefault("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS",
+                              str(max(1, round(args.dist_timeout * 60))))
+    return datetime.timedelta(minutes=args.dist_timeout)
+
+
+def exit_status(status):
+    """The process's exit status from main()'s return: upstream returns -1 on its errors (e.g.
+    "Experiment already exists"), which `python -m` turned into exit 0 for scripts and SLURM."""
+    return 1 if status not in (None, 0) else 0
 
 
 def delete_previous_checkpoint(args, completed_epoch):
@@ -216,6 +282,9 @@ def count_communication(args, model, optimizer):
     code runs untouched; one process communicates nothing and gets no meter."""
     from . import traffic
 
+    if args.distributed and args.dist_timeout is not None and args.rank == 0:
+        logging.info(f"Collective timeout: {args.dist_timeout} min (--dist-timeout)" +
+                     (", as Horovod's stall shutdown time" if args.horovod else ""))
     if not args.count_communication or not args.distributed or args.world_size < 2:
         return
     meter = run_of(args).traffic_meter = traffic.TrafficMeter(args.world_size)

@@ -66,6 +66,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fcco-state-fresh", action="store_true", default=False,
                    help="Allow resuming a FastCLIP run from a checkpoint without FCCO state "
                         "(the state restarts from zero).")
+    g.add_argument("--dist-timeout", type=float, default=None,
+                   help="Minutes a collective waits for a stalled rank before the run fails "
+                        "(torch.distributed's timeout; Horovod's stall shutdown time). Default: "
+                        "torch's (30 min for gloo, 10 min for NCCL) and Horovod's (none).")
     g.add_argument("--count-communication", action="store_true", default=False,
                    help="Count the bytes each rank sends per step (loss collectives, gradient "
                         "reduction) and log them after each epoch; off, OpenCLIP's and Horovod's "
@@ -119,6 +123,14 @@ def validation_errors(args):
               "--siglip, distillation or CoCa"
 
 
+def baseline_errors(args):
+    """Yield one message per FastCLIP-only or invalid setting of an OpenCLIP (baseline) run."""
+    if args.temperature is not None and not (0.0 < args.temperature <= 1.0):
+        yield f"--temperature must lie in (0, 1], got {args.temperature}"
+    if args.lr_tau is not None:
+        yield "--lr-tau needs --fastclip: the OpenCLIP baseline trains its logit scale with --lr"
+
+
 def _optimizer_defaults(args):
     # OpenCLIP fills Adam's betas/eps per model after this; Lion needs its own (timm's SGD
     # momentum defaults to 0.9 by itself).
@@ -133,7 +145,11 @@ def finalize_args(args, parser) -> None:
     if args.stop_epochs is not None and not (1 <= args.stop_epochs <= args.epochs):
         _fail(parser, f"--stop-epochs must lie in [1, --epochs={args.epochs}], got {args.stop_epochs}")
     _optimizer_defaults(args)
+    if args.dist_timeout is not None and not args.dist_timeout > 0:
+        _fail(parser, f"--dist-timeout must be a positive number of minutes, got {args.dist_timeout}")
     if not args.fastclip:
+        for message in baseline_errors(args):
+            _fail(parser, message)
         return
     apply_preset(args)
     for message in validation_errors(args):
