@@ -70,3 +70,40 @@ def test_horovodrun_gloo_collectives_on_cpu(tmp_path):
         assert res["broadcast_root0"] == [0.0, 1.0, 2.0, 3.0], res
         assert res["broadcast_root1"] == [100.0, 101.0, 102.0, 103.0], res
         assert res["broadcast_object"] == {"rank": 1, "tag": "from-1"}, res
+
+
+def _horovod_trainer(horovodrun, tmp_path, csv, name, *extra):
+    """``horovodrun -np 2 --gloo python -m open_clip_train.main --horovod ...`` on digits."""
+    from trainer_utils import base_flags
+
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    flags = base_flags(tmp_path / "logs", name, batch_size=4, epochs=2) + [
+        "--horovod", "--train-data", str(csv), "--dataset-type", "csv",
+        "--csv-img-key", "filepath", "--csv-caption-key", "title", "--precision", "fp32", *extra]
+    cmd = [sys.executable, str(horovodrun), "-np", str(NP), "-H", f"localhost:{NP}", "--gloo",
+           sys.executable, "-m", "open_clip_train.main", *flags]
+    # a rank that waits on a collective the other never joins would hang: bounded here
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=240)
+    assert proc.returncode == 0, f"horovodrun exited with {proc.returncode}:\n{proc.stdout[-6000:]}"
+    return tmp_path / "logs" / name
+
+
+@pytest.mark.parametrize("method", [["--fastclip", "--fastclip-version", "v3",
+                                     "--fcco-state", "sharded"], []],
+                         ids=["fastclip-v3-sharded", "openclip"])
+def test_horovod_trainer_stops_and_resumes_latest(tmp_path, method):
+    """--stop-epochs 1, then --resume latest under horovodrun. Only rank 0 looks the latest
+    checkpoint up; upstream's Horovod broadcast of its path named the collective after the
+    object's type (str on rank 0, NoneType elsewhere), so the ranks never met (patch 0003)."""
+    from trainer_utils import write_digits_csv
+
+    horovodrun = _horovodrun()
+    csv = write_digits_csv(tmp_path / "digits", n=32)
+    _horovod_trainer(horovodrun, tmp_path, csv, "run", *method, "--stop-epochs", "1")
+    run = _horovod_trainer(horovodrun, tmp_path, csv, "run", *method, "--resume", "latest")
+    log = (run / "out.log").read_text()
+    assert "Found latest resume checkpoint" in log and "epoch_1.pt" in log
+    assert (run / "checkpoints" / "epoch_2.pt").is_file()
+    if method:
+        assert (run / "checkpoints" / "epoch_2.fcco").is_dir()
