@@ -50,9 +50,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="Learning rate of the temperature (logit-scale group or per-sample τ).")
     g.add_argument("--lr-tau-scheduler", choices=("cosine", "const", "const-cooldown", "step-thresh"),
                    default=None, help="Schedule of --lr-tau.")
-    g.add_argument("--tau-grad", choices=TAU_GRAD_MODES, default="exact",
-                   help="exact: the true RGCL-g temperature gradient; reference: the reference "
-                        "code's (double-weighted τ·∂g/u term), for which published ρ were tuned.")
+    g.add_argument("--fcco-mode", "--tau-grad", dest="fcco_mode", choices=TAU_GRAD_MODES,
+                   default="exact",
+                   help="exact: the stated objective's estimator; reference: the reference "
+                        "implementation's (½ loss scale, doubled τ·∂g/u term of v0/v3, v2's "
+                        "weighting, shifted ε and Adam), under which the published settings were "
+                        "tuned (docs/algorithm.md §9). --tau-grad is its old name.")
+    g.add_argument("--lr-min", type=float, default=None,
+                   help="Floor of the cosine lr schedule (OpenCLIP decays to 0): "
+                        "lr = lr_min + ½(1+cos)(lr − lr_min) after warm-up. Baseline too.")
     g.add_argument("--stop-epochs", type=int, default=None,
                    help="Stop cleanly after this epoch (with a checkpoint) for chained jobs; "
                         "schedules still follow --epochs.")
@@ -63,6 +69,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                    help="With K > 1 ranks: each rank holds only the 1/K of the FCCO state it "
                         "owns (sharded, default) or all of it (replicated). One process holds "
                         "all of it either way.")
+    g.add_argument("--fcco-state-device", choices=("cpu", "cuda"), default="cpu",
+                   help="Where the per-sample FCCO state lives: host memory (cpu, default) or "
+                        "this rank's GPU (cuda: the rows' reads and writes stay on the device, "
+                        "at data_size x columns x 4 bytes of GPU memory; tools/gpu_check.py "
+                        "measures both).")
     g.add_argument("--fcco-state-fresh", action="store_true", default=False,
                    help="Allow resuming a FastCLIP run from a checkpoint without FCCO state "
                         "(the state restarts from zero).")
@@ -111,6 +122,8 @@ def validation_errors(args):
               f"update needs each step's features once"
     if args.temperature_scheme == "individual-learnable" and args.data_size is None:
         yield "--temperature-scheme individual-learnable needs --data-size (the sample-id space)"
+    if args.fcco_state_device == "cuda" and not str(args.device).startswith("cuda"):
+        yield f"--fcco-state-device cuda needs --device cuda, got --device {args.device}"
     if args.data_size is not None and args.data_size < 1:
         yield f"--data-size must be positive, got {args.data_size}"
     objective = VERSIONS[args.fastclip_version].objective
@@ -145,6 +158,10 @@ def finalize_args(args, parser) -> None:
     if args.stop_epochs is not None and not (1 <= args.stop_epochs <= args.epochs):
         _fail(parser, f"--stop-epochs must lie in [1, --epochs={args.epochs}], got {args.stop_epochs}")
     _optimizer_defaults(args)
+    if args.lr_min is not None:   # --lr may still be unset here (OpenCLIP fills it per model)
+        if args.lr_scheduler != "cosine" or args.lr_min < 0 or args.lr_min > (args.lr or args.lr_min):
+            _fail(parser, f"--lr-min needs --lr-scheduler cosine and 0 <= --lr-min <= --lr, got "
+                          f"--lr-min {args.lr_min} with --lr {args.lr}, {args.lr_scheduler}")
     if args.dist_timeout is not None and not args.dist_timeout > 0:
         _fail(parser, f"--dist-timeout must be a positive number of minutes, got {args.dist_timeout}")
     if not args.fastclip:
@@ -167,7 +184,7 @@ def effective_config(args) -> dict:
     trained (the loss, the logit scale's requires_grad and its optimizer group all follow it)."""
     names = ("fastclip_version", "data_size", "temperature_scheme", "temperature", "rho",
              "fastclip_eps", "gamma_schedule", "gamma_min", "gamma_decay_epochs", "gamma_per_step",
-             "lr_tau", "lr_tau_scheduler", "tau_grad", "opt")
+             "lr_tau", "lr_tau_scheduler", "fcco_mode", "opt")
     config = {name: getattr(args, name) for name in names}
     config["tau_learned"] = effective_version(args).learned_tau()
     return config
@@ -176,16 +193,18 @@ def effective_config(args) -> dict:
 def loss_kwargs(args, data_size=None) -> dict:
     """Every keyword of ``losses.FastCLIPLoss`` that the flags decide, i.e. all but ``comm``
     (the trainer's backend) and those left at their defaults: ``gamma`` (the trainer sets it
-    every step from the γ schedule) and ``state_device`` / ``state_dtype`` (CPU, float32).
+    every step from the γ schedule) and ``state_dtype`` (float32); ``state_device`` is
+    ``--fcco-state-device`` (cuda: the rank's own GPU, ``args.device`` once OpenCLIP set it).
     ``data_size`` (default --data-size) is the id space the data found when the flag is unset."""
     spec = effective_version(args)
     return dict(
         version=args.fastclip_version, data_size=args.data_size if data_size is None else data_size,
         temperature_scheme=spec.temperature_scheme, temperature=spec.temperature, rho=spec.rho,
-        eps=args.fastclip_eps, tau_grad_mode=args.tau_grad, lr_tau=spec.lr_tau,
+        eps=args.fastclip_eps, fcco_mode=args.fcco_mode, lr_tau=spec.lr_tau,
         # the per-sample τ Adam (v2) borrows the model optimizer's betas/eps where it has them
         tau_betas=(args.beta1 or 0.9, args.beta2 or 0.999), tau_eps=args.eps or 1e-8,
-        tau_min=spec.tau_min, tau_max=spec.tau_max, state_layout=args.fcco_state)
+        tau_min=spec.tau_min, tau_max=spec.tau_max, state_layout=args.fcco_state,
+        state_device=args.device if args.fcco_state_device == "cuda" else "cpu")
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: list the flags
