@@ -53,3 +53,152 @@ def test_only_empty_tars_stop_instead_of_waiting_forever(tmp_path, method, resam
     text = str(stop.value)
     assert "00000.tar" in text
     assert ("shards in a row held no sample" if resampled else "a whole pass") in text
+
+
+# ---- checkpoint files and exits (item 4) ----------------------------------------------------
+SYNTHETIC = ["--dataset-type", "synthetic", "--train-num-samples", "16"]
+
+
+@pytest.mark.timeout(300)
+def test_partial_saves_are_removed_and_a_truncated_newest_checkpoint_falls_back(tmp_path):
+    """A kill mid-save leaves .epoch_N.pt.*.tmp; a truncated epoch_2.pt must not stop
+    --resume latest: it resumes epoch_1.pt and continues exactly as the uninterrupted run."""
+    flags = SYNTHETIC + ["--fastclip", "--fastclip-version", "v3"]
+    whole = run_trainer(tmp_path, "whole", flags, epochs=3)
+    run_trainer(tmp_path, "chain", flags + ["--stop-epochs", "2"], epochs=3)
+    folder = tmp_path / "chain" / "checkpoints"
+    newest = folder / "epoch_2.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])   # truncated
+    partial = [folder / ".epoch_3.pt.k1ll3d.tmp", folder / ".epoch_2.pt.a8c0x1.tmp"]
+    for path in partial:
+        path.write_bytes(b"partial")
+    resumed = run_trainer(tmp_path, "chain", flags + ["--resume", "latest"], epochs=3)
+    log = resumed.log_text[resumed.log_text.rindex("--resume latest: skipping"):]
+    assert "epoch_2.pt, which does not load" in log
+    assert f"resuming checkpoint '{folder / 'epoch_1.pt'}' (epoch 1)" in log
+    assert not any(path.exists() for path in partial)
+    assert "Removed 2 partial checkpoint file(s)" in log
+    # epochs 1 and 2 again, bit-exact: the fallback continues the run, it does not restart it
+    losses = re.findall(r"Contrastive_loss: ([-+0-9.e]+)", log)
+    assert [float(x) for x in losses] == whole.step_losses[2:]
+
+
+@pytest.mark.timeout(120)
+def test_rerunning_an_existing_name_without_resume_exits_non_zero(tmp_path):
+    import subprocess
+
+    from trainer_utils import PYTHON, base_flags
+
+    run_trainer(tmp_path, "taken", SYNTHETIC)
+    proc = subprocess.run([PYTHON, "-m", "open_clip_train.main",
+                           *base_flags(tmp_path, "taken"), *SYNTHETIC],
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "Experiment already exists" in proc.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--temperature", "0"], "--temperature must lie in (0, 1], got 0.0"),
+    (["--temperature", "1.5"], "--temperature must lie in (0, 1], got 1.5"),
+    (["--lr-tau", "1e-4"], "--lr-tau needs --fastclip"),
+    (["--dist-timeout", "0"], "--dist-timeout must be a positive number of minutes"),
+])
+def test_baseline_bad_values_stop_with_one_line(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        run_trainer(tmp_path, "bad", SYNTHETIC + flags)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
+def test_dist_timeout_reaches_init_process_group(tmp_path, monkeypatch, launcher):
+    """The trainer passes --dist-timeout (minutes) to torch.distributed.init_process_group
+    on both of upstream's launch paths; without it, torch's default (30 min) applied."""
+    import datetime
+
+    import torch.distributed
+
+    seen = {}
+
+    def init_process_group(*args, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)
+    env = ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"} if launcher == "torchrun" else
+           {"SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NTASKS": "2"})
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):   # upstream's SLURM path sets them:
+        monkeypatch.setenv(name, "")                      # undone at teardown
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(_Stop):
+        run_trainer(tmp_path, "dist", SYNTHETIC + ["--dist-timeout", "0.5"])
+    assert seen["timeout"] == datetime.timedelta(seconds=30)
+    seen.clear()
+    with pytest.raises(_Stop):
+        run_trainer(tmp_path, "dist2", SYNTHETIC)
+    assert seen["timeout"] is None   # torch's default, as upstream
+
+
+def test_dist_timeout_sets_horovods_stall_shutdown(monkeypatch):
+    from open_clip_patch import hooks
+    from open_clip_train.params import parse_args
+
+    monkeypatch.delenv("HOROVOD_STALL_SHUTDOWN_TIME_SECONDS", raising=False)
+    args = parse_args(["--model", "fastclip-tiny-vit", "--horovod", "--dist-timeout", "2"])
+    hooks.dist_timeout(args)
+    import os
+    assert os.environ["HOROVOD_STALL_SHUTDOWN_TIME_SECONDS"] == "120"
+
+
+# ---- --fcco-state-fresh continues an OpenCLIP checkpoint (item 3) ---------------------------
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("version", ["v3", "v1"])
+def test_fcco_state_fresh_continues_an_openclip_checkpoint(tmp_path, monkeypatch, version):
+    import math
+
+    import torch
+
+    from open_clip_patch import hooks
+
+    baseline = run_trainer(tmp_path, "openclip", SYNTHETIC + ["--stop-epochs", "1"], epochs=2)
+    saved = torch.load(baseline.checkpoint(1), map_location="cpu", weights_only=False)
+    assert "fastclip" not in saved
+    captured, at_first_step = {}, {}
+    on_resume, before_step = hooks.on_resume, hooks.before_step
+
+    def recording_resume(args, checkpoint_dict, model=None, optimizer=None):
+        captured["model"] = model
+        return on_resume(args, checkpoint_dict, model, optimizer)
+
+    def recording_step(args, loss, epoch, step, steps):
+        if not at_first_step:
+            at_first_step.update({k: v.detach().clone()
+                                  for k, v in captured["model"].state_dict().items()})
+            at_first_step["epoch"] = epoch
+        return before_step(args, loss, epoch, step, steps)
+
+    monkeypatch.setattr(hooks, "on_resume", recording_resume)
+    monkeypatch.setattr(hooks, "before_step", recording_step)
+    result = run_trainer(tmp_path, "fresh", SYNTHETIC + [
+        "--fastclip", "--fastclip-version", version, "--resume", str(baseline.checkpoint(1)),
+        "--fcco-state-fresh"], epochs=2)
+    assert "the optimizer state is rebuilt" in result.log_text
+    assert at_first_step.pop("epoch") == 1   # the step continues: epoch 1 of 2
+    for name, value in saved["state_dict"].items():
+        if name == "logit_scale" and version == "v1":   # τ frozen at the version's τ₀
+            assert math.isclose(float(at_first_step[name]), math.log(1 / 0.07), rel_tol=1e-6)
+        else:
+            assert torch.equal(at_first_step[name], value), name
+    after = torch.load(result.checkpoint(2), map_location="cpu", weights_only=False)
+    assert after["epoch"] == 2 and after["fastclip"]["version"] == version
+    state = after["fastclip"]["loss"]["_extra_state"]["state"]
+    log_u = state["values"][:, state["columns"].index("log_u_image")]
+    assert torch.isfinite(log_u).sum() == 16   # u from zero, written by this epoch's 16 ids
