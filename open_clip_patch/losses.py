@@ -25,9 +25,16 @@ features of all N. Its surrogate is (1/b)·[anchor part + negative part]:
                    the anchors' features and u/τ as constants: gradient through the negatives.
 Every (anchor, negative) pair lives in exactly one rank's anchor part and one rank's negative
 part, so the per-rank gradients average (DDP / Horovod allreduce) to the single-process gradient.
-A learnable global τ is live only in the anchor part (tau_grad_mode="exact");
-tau_grad_mode="reference" leaves it live in the negative part too, which is how the reference
+A learnable global τ is live only in the anchor part (fcco_mode="exact");
+fcco_mode="reference" leaves it live in the negative part too, which is how the reference
 implementation counts the τ·∂g/(ε+u) term twice (docs/algorithm.md §3).
+
+FCCO modes (versions.FCCO_MODES; docs/algorithm.md §3, §9). "exact" computes the estimator of
+the stated objective; "reference" reproduces the reference implementation, under which the
+published settings were tuned: the surrogate is ½[anchor part + negative part], and RGCL (v2)
+drops the τᵢ prefactor, applies ε and the 1e-35 reset to the shifted u·e^(−bᵢ) (bᵢ a running max
+of zᵢⱼ kept per sample, i.e. an effective ε·e^(bᵢ)), takes the updated τ in the negative part and
+steps τ with the reference's Adam (tau_updates.reference_adam_tau_update).
 
 Numerics. u is stored as log u and updated as log((1-γ)u + γg) with logaddexp, and g is computed
 by logsumexp, so no exp can overflow at small τ: every weight exp(dᵢⱼ/τ − log(ε+uᵢ)) is at most
@@ -48,7 +55,7 @@ from torch import nn
 from .comm import LocalComm
 from .state import PerSampleState, column_names
 from .tau_updates import TAU_UPDATE_RULES, clip_tau_gradient
-from .versions import TAU_GRAD_MODES, VERSIONS
+from .versions import FCCO_MODES, VERSIONS
 
 SIDES = ("image", "text")
 # [ref-code] entries of u below this, inf or nan are reset to the fresh g when γ < 1.
@@ -58,13 +65,16 @@ STATE_LAYOUTS = ("replicated", "sharded")
 RENAMED_COLUMNS = {f"tau_grad_avg_{side}": f"tau_grad_ema_{side}" for side in SIDES}
 
 
-def log_moving_average(log_u_old: torch.Tensor, log_g: torch.Tensor, gamma: float):
-    """log((1-γ)·u_old + γ·g); entries of u_old that are < 1e-35, inf or nan restart from g."""
+def log_moving_average(log_u_old: torch.Tensor, log_g: torch.Tensor, gamma: float,
+                       reset_shift: Optional[torch.Tensor] = None):
+    """log((1-γ)·u_old + γ·g); entries of u_old that are < 1e-35, inf or nan restart from g.
+    With ``reset_shift`` b the test applies to u_old·e^(−b), the reference's stored value."""
     if gamma >= 1.0:
         return log_g.clone()
     mixed = torch.logaddexp(log_u_old + math.log1p(-gamma), log_g + math.log(gamma))
+    tested = log_u_old if reset_shift is None else log_u_old - reset_shift
     # one comparison pair instead of isfinite's four ops: nan fails both, ±inf one of them
-    stale = ~((log_u_old >= LOG_U_RESET_BELOW) & (log_u_old < math.inf))
+    stale = ~((tested >= LOG_U_RESET_BELOW) & (tested < math.inf))
     return torch.where(stale, log_g, mixed)
 
 
@@ -120,11 +130,14 @@ def _weighted_sum(terms, coef, index):
     return (coef[index] * terms).sum()
 
 
-def log_eps_plus(log_u, eps: float):
-    """log(ε + u) from log u."""
+def log_eps_plus(log_u, eps: float, shift: Optional[torch.Tensor] = None):
+    """log(ε + u) from log u; with a per-sample ``shift`` b, log(ε·e^b + u) (the reference's ε
+    added to the shifted u·e^(−b), scaled back)."""
     if eps == 0:
         return log_u
-    return torch.logaddexp(log_u, torch.full_like(log_u, math.log(eps)))
+    if shift is None:
+        return torch.logaddexp(log_u, torch.full_like(log_u, math.log(eps)))
+    return torch.logaddexp(log_u, shift.to(log_u.dtype) + math.log(eps))
 
 
 # ------------------------------------------------------------------------- gather and checks
@@ -283,14 +296,15 @@ class FastCLIPLoss(nn.Module):
         version: a name of ``open_clip_patch.versions.VERSIONS``.
         data_size: size of the sample-id space; sample ids must lie in [0, data_size).
         rho, eps: ρ of RGCL/RGCL-g and ε inside log(ε+g). None = the version's default.
-        tau_grad_mode: "exact" (true ∂L/∂τ) or "reference" (the reference code's doubled
-            τ·∂g/(ε+u) term, to reproduce published ρ); only matters for a learnable global τ.
+        fcco_mode: "exact" (the stated objective's estimator) or "reference" (the reference
+            implementation's, for the published settings; versions.FCCO_MODES says what
+            changes). ``tau_grad_mode`` is its old name.
         gamma: the current γ of u ← (1-γ)u + γg; the trainer sets ``loss.gamma`` each step.
         temperature, temperature_scheme: τ₀ and how τ is held (None = the version's). A global
             τ comes from ``logit_scale`` (live for global-learnable, detached for
             global-constant); temperature is then only the trainer's initial logit scale.
         lr_tau, tau_betas, tau_eps: per-sample τ (v2, isogclr): step size (``loss.lr_tau``),
-            Adam betas/eps (v2; betas are 0 in epoch 0).
+            Adam betas/eps (v2; reference mode: betas 0 in epoch 0).
         tau_min, tau_max: clamp of the per-sample τ.
         comm: a communicator (open_clip_patch.comm); default LocalComm (one process).
         state_device, state_dtype: where and how the per-sample state is stored.
@@ -299,18 +313,22 @@ class FastCLIPLoss(nn.Module):
     """
 
     def __init__(self, version: str, data_size: int, rho: Optional[float] = None,
-                 eps: float = 1e-14, tau_grad_mode: str = "exact", gamma: float = 1.0,
+                 eps: float = 1e-14, fcco_mode: Optional[str] = None, gamma: float = 1.0,
                  temperature: Optional[float] = None, temperature_scheme: Optional[str] = None,
                  lr_tau: Optional[float] = None, tau_betas=(0.9, 0.999), tau_eps: float = 1e-8,
                  tau_min: Optional[float] = None, tau_max: Optional[float] = None,
                  comm=None, state_device="cpu", state_dtype: torch.dtype = torch.float32,
-                 state_layout: str = "replicated"):
+                 state_layout: str = "replicated", tau_grad_mode: Optional[str] = None):
         super().__init__()
+        if fcco_mode is not None and tau_grad_mode is not None and fcco_mode != tau_grad_mode:
+            raise ValueError(f"fcco_mode={fcco_mode!r} and its old name tau_grad_mode="
+                             f"{tau_grad_mode!r} disagree")
+        fcco_mode = fcco_mode or tau_grad_mode or "exact"
         if version not in VERSIONS:
             raise ValueError(f"unknown FCCO version {version!r}; choose from {sorted(VERSIONS)}")
-        if tau_grad_mode not in TAU_GRAD_MODES:
-            raise ValueError(f"tau_grad_mode must be one of {TAU_GRAD_MODES}, "
-                             f"got {tau_grad_mode!r}")
+        if fcco_mode not in FCCO_MODES:
+            raise ValueError(f"fcco_mode (tau_grad_mode) must be one of {tuple(FCCO_MODES)}, "
+                             f"got {fcco_mode!r}")
         try:
             self.spec = VERSIONS[version].with_overrides(
                 temperature_scheme=temperature_scheme, temperature=temperature, rho=rho,
@@ -320,7 +338,8 @@ class FastCLIPLoss(nn.Module):
         self.version = version
         self._validate_spec(eps, tau_betas, tau_eps)
         self.eps = float(eps)
-        self.tau_grad_mode = tau_grad_mode
+        self.fcco_mode = fcco_mode
+        self.mode = FCCO_MODES[fcco_mode]
         self.gamma = gamma
         self.lr_tau = self.spec.lr_tau
         self.tau_betas = tuple(float(b) for b in tau_betas)
@@ -355,9 +374,22 @@ class FastCLIPLoss(nn.Module):
         return self.spec.learnable_global_tau
 
     @property
+    def tau_grad_mode(self) -> str:
+        """Old name of :attr:`fcco_mode`."""
+        return self.fcco_mode
+
+    @property
     def tau_rule(self):
-        """The per-sample τ update rule (tau_updates.TauUpdateRule), None for a global τ."""
-        return TAU_UPDATE_RULES[self.spec.tau_update] if self.individual_tau else None
+        """The per-sample τ update rule (tau_updates.TauUpdateRule) of this version in this
+        FCCO mode, None for a global τ."""
+        if not self.individual_tau:
+            return None
+        return TAU_UPDATE_RULES[self.spec.tau_update_of(self.fcco_mode)]
+
+    @property
+    def shifted_u(self) -> bool:
+        """RGCL in reference mode keeps the running-max shift bᵢ (columns ``u_shift_*``)."""
+        return self.individual_tau and self.mode.rgcl_shifted_u
 
     @property
     def gamma(self) -> float:
@@ -370,7 +402,8 @@ class FastCLIPLoss(nn.Module):
         self._gamma = float(value)
 
     def set_epoch(self, epoch: int) -> None:
-        """The per-sample Adam of v2 runs with betas 0 in epoch 0 (docs/algorithm.md §3)."""
+        """The epoch, for v2's reference-mode Adam (betas 0 in epoch 0, bias correction by the
+        epoch; docs/algorithm.md §3)."""
         self.epoch = int(epoch)
 
     def _state_columns(self) -> Dict[str, float]:
@@ -378,6 +411,8 @@ class FastCLIPLoss(nn.Module):
         if self.individual_tau:
             columns.update({name: self.spec.temperature for name in column_names(["tau"])})
             columns.update({name: 0.0 for name in column_names(self.tau_rule.state_columns)})
+        if self.shifted_u:
+            columns.update({name: 0.0 for name in column_names(["u_shift"])})
         return columns
 
     def nbytes(self) -> int:
@@ -387,10 +422,9 @@ class FastCLIPLoss(nn.Module):
         spec = self.spec
         parts = [f"version={self.version} ({spec.objective}, {spec.temperature_scheme} tau; "
                  f"learned: {spec.learned_tau()})"]
-        if self.learnable_global_tau:
-            meaning = ("true gradient of the objective" if self.tau_grad_mode == "exact" else
-                       "reference code: tau*dg/(eps+u) term counted twice")
-            parts.append(f"tau_grad_mode={self.tau_grad_mode} ({meaning})")
+        meaning = ("the stated objective's estimator" if self.fcco_mode == "exact" else
+                   "the reference implementation's loss scale and gradients")
+        parts.append(f"fcco_mode={self.fcco_mode} ({meaning})")
         if spec.objective != "GCL":
             parts.append(f"rho={spec.rho}")
         if self.individual_tau:
@@ -428,7 +462,7 @@ class FastCLIPLoss(nn.Module):
             new_local, tau_gradients, log_eps_local = self._update_local_state(batch, sides, old)
             shared = share_state(self.comm, self.state, batch, new_local, old, self.individual_tau)
             log_eps_u = (log_eps_local if self.comm.world_size == 1 else
-                         {name: log_eps_plus(shared[f"log_u_{name}"], self.eps) for name in SIDES})
+                         {name: self._log_eps_plus(shared, name) for name in SIDES})
             surrogate = self._surrogate(batch, sides, tau, shared, log_eps_u)
             objective = self._objective_estimate(tau, old, log_eps_local)
         loss = surrogate + (objective - surrogate).detach()
@@ -441,9 +475,16 @@ class FastCLIPLoss(nn.Module):
     def single_block(self) -> bool:
         """One process needs no anchor/negative split: one (b, b) block with the gradient live
         through both modalities is the whole surrogate, so the negative part (a second matmul
-        and two more exp blocks) is skipped. Not when the reference mode must count τ twice."""
-        doubled_tau = self.learnable_global_tau and self.tau_grad_mode == "reference"
-        return self.comm.world_size == 1 and not doubled_tau
+        and two more exp blocks) is skipped. Not when the reference mode counts a global τ twice
+        or gives the negative part other per-sample τ than the anchor part."""
+        doubled_tau = self.learnable_global_tau and self.mode.global_tau_in_negative_part
+        other_tau = self.individual_tau and self.mode.rgcl_negative_tau_updated
+        return self.comm.world_size == 1 and not (doubled_tau or other_tau)
+
+    def _log_eps_plus(self, columns, name, shift_column="u_shift"):
+        """log(ε+u) of one side from state columns (the shifted form for reference RGCL)."""
+        shift = columns[f"{shift_column}_{name}"] if self.shifted_u else None
+        return log_eps_plus(columns[f"log_u_{name}"], self.eps, shift)
 
     def _sides(self, batch: _Batch, tau, old) -> Dict[str, _Side]:
         if self.single_block:
@@ -471,9 +512,14 @@ class FastCLIPLoss(nn.Module):
         clipped τ gradients (RGCL) and log(ε+u) of the new u by side."""
         new, tau_gradients, log_eps_local = {}, {}, {}
         for name, side in sides.items():
-            log_u = log_moving_average(old[f"log_u_{name}"], side.log_g, self.gamma)
-            new[f"log_u_{name}"] = log_u
-            log_eps_local[name] = log_eps_plus(log_u, self.eps)
+            reset_shift = None
+            if self.shifted_u:   # the reference's running max bᵢ of zᵢⱼ, from 0
+                reset_shift = old[f"u_shift_{name}"]
+                new[f"u_shift_{name}"] = torch.maximum(reset_shift,
+                                                       side.logits.detach().amax(dim=1))
+            new[f"log_u_{name}"] = log_moving_average(old[f"log_u_{name}"], side.log_g,
+                                                      self.gamma, reset_shift)
+            log_eps_local[name] = self._log_eps_plus(new, name)
             if self.individual_tau:
                 tau_gradients[name] = clip_tau_gradient(rgcl_tau_gradient(
                     side.logits.detach(), log_eps_local[name], self.spec.rho, batch.positive_mask))
@@ -483,8 +529,7 @@ class FastCLIPLoss(nn.Module):
     def _tau_step(self, name: str, tau_gradients, old) -> Dict[str, torch.Tensor]:
         """One step of the version's per-sample τ rule on one side's rows."""
         rule, spec = self.tau_rule, self.spec
-        betas = (0.0, 0.0) if self.epoch == 0 else self.tau_betas   # v2's first epoch
-        available = {"betas": betas, "eps": self.tau_eps}
+        available = {"betas": self.tau_betas, "eps": self.tau_eps, "epoch": self.epoch}
         columns = [f"{column}_{name}" for column in rule.state_columns]
         tau, *rule_state = rule.update(
             old[f"tau_{name}"], tau_gradients, *(old[c] for c in columns), lr=self.lr_tau,
@@ -511,18 +556,22 @@ class FastCLIPLoss(nn.Module):
                 parts = parts + _weighted_sum(negative_terms, coef, slice(None))
             total = total + parts / (n_negatives * batch.local_size)
         if self.spec.objective == "RGCL-g":
-            log_eps_u_local = log_eps_u["image"][local] + log_eps_u["text"][local]
-            total = total + tau * (log_eps_u_local.mean() + 2 * self.spec.rho)
-        return total
+            log_u = (log_eps_u if self.mode.rgcl_g_log_u_eps else
+                     {name: shared[f"log_u_{name}"] for name in SIDES})
+            log_u_local = log_u["image"][local] + log_u["text"][local]
+            total = total + tau * (log_u_local.mean() + 2 * self.spec.rho)
+        return self.mode.surrogate_scale * total
 
     def _side_coefficients(self, name, tau, shared):
         """Per-anchor prefactor (None for 1, a scalar or an (N,) tensor) and the τ of the
         negative part for one side."""
         if self.individual_tau:
             used_tau = shared[f"used_tau_{name}"]
-            return used_tau, used_tau[None, :]
+            negative_tau = (shared[f"tau_{name}"] if self.mode.rgcl_negative_tau_updated
+                            else used_tau)
+            return (used_tau if self.mode.rgcl_tau_prefactor else None), negative_tau[None, :]
         # exact: a global τ gets its gradient once, from the anchor part only.
-        live_in_negatives = self.learnable_global_tau and self.tau_grad_mode == "reference"
+        live_in_negatives = self.learnable_global_tau and self.mode.global_tau_in_negative_part
         negative_tau = tau if live_in_negatives else tau.detach()
         coef = tau.detach() if self.spec.objective == "RGCL-g" else None
         return coef, negative_tau

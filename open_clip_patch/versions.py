@@ -20,9 +20,31 @@ SCHEMES_OF_OBJECTIVE = {
     "RGCL": ("individual-learnable",),
     "RGCL-g": ("global-constant", "global-learnable"),
 }
-# A learned global τ's gradient: "exact" (the objective's), or "reference" (the reference code's,
-# which counts the τ·∂g/(ε+u) term twice; the published ρ were tuned with it; docs/algorithm.md §3).
-TAU_GRAD_MODES = ("exact", "reference")
+
+
+@dataclass(frozen=True)
+class FccoMode:
+    """What an FCCO mode changes in the loss (docs/algorithm.md §3, §9). "exact" computes the
+    stated objective's estimator; "reference" reproduces the reference implementation, under
+    which the published ρ, lr_τ and lr were tuned."""
+    surrogate_scale: float            # per-rank surrogate factor: reference ½[anchor + negative]
+    global_tau_in_negative_part: bool  # learned global τ live in the negative part too (τ·∂g twice)
+    rgcl_tau_prefactor: bool          # RGCL surrogate τᵢ·gᵢ/(ε+uᵢ) (exact) or gᵢ/(ε+uᵢ)
+    rgcl_shifted_u: bool              # RGCL: ε and the 1e-35 reset act on u·e^(−bᵢ) (bᵢ running max)
+    rgcl_negative_tau_updated: bool   # RGCL negative part with the τ after this step's update
+    rgcl_g_log_u_eps: bool            # RGCL-g's τ term takes log(ε+u) (exact) or log u
+
+
+FCCO_MODES: Dict[str, FccoMode] = {
+    "exact": FccoMode(surrogate_scale=1.0, global_tau_in_negative_part=False,
+                      rgcl_tau_prefactor=True, rgcl_shifted_u=False,
+                      rgcl_negative_tau_updated=False, rgcl_g_log_u_eps=True),
+    "reference": FccoMode(surrogate_scale=0.5, global_tau_in_negative_part=True,
+                          rgcl_tau_prefactor=False, rgcl_shifted_u=True,
+                          rgcl_negative_tau_updated=True, rgcl_g_log_u_eps=False),
+}
+# The flag's choices (--fcco-mode; --tau-grad is its old name).
+TAU_GRAD_MODES = tuple(FCCO_MODES)
 
 
 @dataclass(frozen=True)
@@ -36,6 +58,7 @@ class Version:
     gamma_schedule: str             # "cosine" | "constant" (schedules.GammaSchedule)
     gamma_min: float                # final γ of u ← (1-γ)u + γg
     tau_update: Optional[str] = None    # per-sample τ rule (tau_updates.TAU_UPDATE_RULES)
+    reference_tau_update: Optional[str] = None   # its rule in reference mode (None: the same)
     tau_min: float = 0.01           # clamp of the per-sample τ
     tau_max: float = 1.0
 
@@ -59,6 +82,12 @@ class Version:
     def with_overrides(self, **overrides) -> "Version":
         """This version with the given fields replaced (None leaves a field as it is)."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def tau_update_of(self, mode: str) -> Optional[str]:
+        """The per-sample τ rule in FCCO mode ``mode`` (None for a global τ)."""
+        if mode == "reference" and self.reference_tau_update is not None:
+            return self.reference_tau_update
+        return self.tau_update
 
     def learned_tau(self) -> str:
         """What this configuration learns of τ, in words (for the log)."""
@@ -84,7 +113,7 @@ VERSIONS: Dict[str, Version] = {
                   lr_tau_scheduler="cosine", gamma_schedule="cosine", gamma_min=0.2),
     "v2": Version("RGCL", "individual-learnable", temperature=0.03, rho=7.0, lr_tau=0.0133,
                   lr_tau_scheduler="const", gamma_schedule="cosine", gamma_min=0.2,
-                  tau_update="adam"),
+                  tau_update="adam", reference_tau_update="adam-reference"),
     "v3": Version("RGCL-g", "global-learnable", temperature=0.07, rho=6.5, lr_tau=2e-4,
                   lr_tau_scheduler="step-thresh", gamma_schedule="cosine", gamma_min=0.2),
     "sogclr": Version("GCL", "global-constant", temperature=0.07, rho=0.0, lr_tau=None,

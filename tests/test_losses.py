@@ -142,21 +142,32 @@ def per_sample_tau_gradients(rho):
     return tau_img.detach(), tau_txt.detach(), grad_img, grad_txt
 
 
-@pytest.mark.parametrize("epoch", [0, 1])
+@pytest.mark.parametrize("epoch", [0, 3])
 def test_v2_per_sample_adam_uses_the_exact_tau_gradient(epoch):
+    """Exact mode: Adam bias-corrected by each sample's update count, whatever the epoch."""
     rho, lr, betas, adam_eps = 0.5, 0.01, (0.8, 0.99), 1e-8
     tau_img, tau_txt, grad_img, grad_txt = per_sample_tau_gradients(rho)
     assert grad_img.abs().max() < 5 and grad_txt.abs().max() < 5   # not clipped here
     loss = make_loss("v2", rho=rho, lr_tau=lr, tau_betas=betas, tau_eps=adam_eps)
     loss.set_epoch(epoch)
     set_individual_tau(loss, IDS, tau_img, tau_txt)
+    previous_steps = torch.arange(N, dtype=F64)     # sample k has had k updates
+    m0 = torch.linspace(-0.3, 0.3, N, dtype=F64)
+    v0 = torch.linspace(0.01, 0.2, N, dtype=F64)
+    for side in ("image", "text"):
+        loss.state.column(f"tau_steps_{side}")[IDS] = previous_steps
+        loss.state.column(f"tau_m_{side}")[IDS] = m0
+        loss.state.column(f"tau_v_{side}")[IDS] = v0
     loss(IMG, TXT, None, IDS)
-    beta1, beta2 = (0.0, 0.0) if epoch == 0 else betas
+    beta1, beta2 = betas
+    steps = previous_steps + 1
     for side, tau, grad in (("image", tau_img, grad_img), ("text", tau_txt, grad_txt)):
-        m, v = (1 - beta1) * grad, (1 - beta2) * grad ** 2    # moments started at 0
+        m, v = beta1 * m0 + (1 - beta1) * grad, beta2 * v0 + (1 - beta2) * grad ** 2
         assert_close(loss.state.column(f"tau_m_{side}")[IDS], m)
         assert_close(loss.state.column(f"tau_v_{side}")[IDS], v)
-        expected_tau = (tau - lr * m / (v.sqrt() + adam_eps)).clamp(0.01, 1.0)
+        assert torch.equal(loss.state.column(f"tau_steps_{side}")[IDS], steps)
+        m_hat, v_hat = m / (1 - beta1 ** steps), v / (1 - beta2 ** steps)
+        expected_tau = (tau - lr * m_hat / (v_hat.sqrt() + adam_eps)).clamp(0.01, 1.0)
         assert_close(loss.state.column(f"tau_{side}")[IDS], expected_tau)
 
 
@@ -167,7 +178,40 @@ def test_v2_tau_gradient_is_clipped_to_five():
     loss = make_loss("v2", rho=rho)
     set_individual_tau(loss, IDS, tau_img, tau_txt)
     loss(IMG, TXT, None, IDS)
-    assert_close(loss.state.column("tau_m_image")[IDS], torch.full((N,), 5.0, dtype=F64))
+    # first update: m = (1 − β₁)·clip(ĝ) with β₁ = 0.9
+    assert_close(loss.state.column("tau_m_image")[IDS], torch.full((N,), 0.5, dtype=F64))
+
+
+ONE_HOT = torch.eye(N, dtype=F64)   # orthogonal features: zᵢⱼ = −1/τ for every negative
+
+
+@pytest.mark.parametrize("version", ["v2", "isogclr"])
+def test_per_sample_tau_gradient_is_clipped_at_minus_five(version):
+    """A large ε makes log(ε+u) ≈ log ε = −9.2 the whole of ĝ (u = e^(−20) ≪ ε at τ = 0.05),
+    so ĝ is clipped to −5: v2's first m is (1−β₁)·(−5), iSogCLR's average 0.9·(−5)."""
+    tau = torch.full((N,), 0.05, dtype=F64)
+    loss = make_loss(version, rho=0.0, eps=1e-4)
+    set_individual_tau(loss, IDS, tau, tau)
+    out = loss(ONE_HOT, ONE_HOT, None, IDS, output_dict=True)
+    assert out["fcco_tau_grad_mean"].item() == pytest.approx(-5.0, abs=1e-12)
+    column, value = ("tau_m_image", -0.5) if version == "v2" else ("tau_grad_ema_image", -4.5)
+    assert_close(loss.state.column(column)[IDS], torch.full((N,), value, dtype=F64))
+
+
+@pytest.mark.parametrize("version,bounds", [("v2", (0.01, 1.0)), ("isogclr", (0.005, 0.05))])
+def test_per_sample_tau_is_clamped_to_its_bounds_inside_the_loss(version, bounds):
+    """ĝ = +5 (ρ = 60) with lr_τ = 1 pushes τ far below τ_min; ĝ = −5 (ε = 1e-4, ρ = 0) far
+    above τ_max: the stored τ sit exactly on the version's bounds."""
+    tau = torch.full((N,), 0.03, dtype=F64)
+    low = make_loss(version, rho=60.0, lr_tau=1.0)
+    set_individual_tau(low, IDS, tau, tau)
+    low(ONE_HOT, ONE_HOT, None, IDS)
+    high = make_loss(version, rho=0.0, eps=1e-4, lr_tau=1.0)
+    set_individual_tau(high, IDS, tau, tau)
+    high(ONE_HOT, ONE_HOT, None, IDS)
+    for side in ("image", "text"):
+        assert torch.equal(low.state.column(f"tau_{side}")[IDS], torch.full((N,), bounds[0], dtype=F64))
+        assert torch.equal(high.state.column(f"tau_{side}")[IDS], torch.full((N,), bounds[1], dtype=F64))
 
 
 def test_isogclr_moving_average_tau_step():
@@ -190,14 +234,15 @@ def test_reference_mode_doubles_only_the_tau_dg_term():
         _, ex_img, ex_txt, ex_theta = loss_gradients(make_loss(version), IMG, TXT, THETA, IDS)
         _, rf_img, rf_txt, rf_theta = loss_gradients(
             make_loss(version, tau_grad_mode="reference"), IMG, TXT, THETA, IDS)
-        assert_close(rf_img, ex_img)
-        assert_close(rf_txt, ex_txt)
+        # the reference's loss scale: ½[anchor half + negative half]
+        assert_close(rf_img, 0.5 * ex_img)
+        assert_close(rf_txt, 0.5 * ex_txt)
         # The extra θ-gradient is that of τ̄·mean log(ε+g(τ)) (v3) / mean log(ε+g(τ)) (v0),
         # with τ̄ a constant: the τ·∂g/(ε+u) term once more (docs/algorithm.md §3).
         prefactor = tau if version == "v3" else 1.0
         _, _, _, dg_term = objective_gradients(
             lambda i, t, tau_live: prefactor * mean_log_objective(i, t, tau_live), IMG, TXT, THETA)
-        assert_close(rf_theta - ex_theta, dg_term)
+        assert_close(2 * rf_theta - ex_theta, dg_term)
         assert abs(dg_term.item()) > 1e-3
 
 
@@ -480,10 +525,16 @@ def test_configuration_is_validated_and_described():
     loss = FastCLIPLoss("v3", 10)
     with pytest.raises(ValueError, match="gamma"):
         loss.gamma = 0.0
-    assert "tau_grad_mode=exact" in repr(loss) and "rho=6.5" in loss.describe()
-    assert "tau_grad_mode=reference" in FastCLIPLoss("v0", 10,
-                                                     tau_grad_mode="reference").describe()
-    assert FastCLIPLoss("v2", 1000).nbytes() == 1000 * 8 * 4     # u, τ, m, v per side, float32
+    assert "fcco_mode=exact" in repr(loss) and "rho=6.5" in loss.describe()
+    assert "fcco_mode=reference" in FastCLIPLoss("v0", 10, tau_grad_mode="reference").describe()
+    assert FastCLIPLoss("v0", 10, fcco_mode="reference").tau_grad_mode == "reference"
+    with pytest.raises(ValueError, match="disagree"):
+        FastCLIPLoss("v0", 10, fcco_mode="reference", tau_grad_mode="exact")
+    assert FastCLIPLoss("v2", 1000).nbytes() == 1000 * 10 * 4    # u, τ, m, v, t per side, float32
+    # reference mode: u, τ, m, v and the shift b per side
+    assert FastCLIPLoss("v2", 1000, fcco_mode="reference").state.columns == (
+        "log_u_image", "log_u_text", "tau_image", "tau_text", "tau_m_image", "tau_m_text",
+        "tau_v_image", "tau_v_text", "u_shift_image", "u_shift_text")
     assert FastCLIPLoss("v1", 1000).nbytes() == 1000 * 2 * 4
 
 
