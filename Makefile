@@ -14,7 +14,7 @@ SETUP_STAMP := $(VENV)/.setup-done
 PATCH_STAMP := build/.installed-open-clip
 
 .PHONY: help setup horovod patch refresh-patches check-patches test test-fast test-upstream clean \
-        eval eval-imagenet report bench bench-comm demo demo-data demo-study
+        eval eval-imagenet report bench bench-comm demo demo-data demo-study gpu-bundle gpu-check
 
 help:
 	@echo "make setup           venv with pinned torch, deps and Horovod (Gloo, CPU)"
@@ -28,6 +28,8 @@ help:
 	@echo "make demo-study      5 seeds x 6 methods on the whole pool + batch-size curve (hours)"
 	@echo "make bench           FastCLIP's cost vs the OpenCLIP baseline (step time, bytes, memory, quality)"
 	@echo "make bench-comm      bytes sent per step, FastCLIP-v3 vs OpenCLIP, 2 gloo ranks"
+	@echo "make gpu-bundle      wheels + patched OpenCLIP for the GPU machine -> build/gpu_bundle/"
+	@echo "make gpu-check       correctness and cost on one GPU (GPU_CHECK_ARGS='--device cpu --tiny')"
 	@echo "make eval CKPT=.. DATA=..  DataComp 38-task eval of checkpoint(s) on local wds sets"
 	@echo "make eval-imagenet CKPT=.. IMAGENET_VAL=..  ImageNet & variants zero-shot"
 	@echo "make report RUNS='a=logs/x b=logs/y' OUT=..  markdown table + plots"
@@ -97,6 +99,19 @@ bench: setup patch
 
 bench-comm: setup patch
 	$(PY) tools/bench_comm.py
+
+# ---- GPU (README "GPU"): prepare here, run there ----------------------------------------
+# gpu-bundle needs this machine's network once; the GPU machine has none and no venv, so
+# gpu-check runs with whichever python holds torch: the venv here, python3 there (with
+# PYTHONPATH set to the installed bundle, see tools/gpu_bundle.sh).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_CHECK_ARGS ?=
+
+gpu-bundle: patch
+	PYTHON=$(PY) bash tools/gpu_bundle.sh
+
+gpu-check:
+	$(GPU_PY) tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 # ---- evaluation (local data only; see README "Evaluation") ------------------------------
 CKPT ?=
