@@ -12,7 +12,8 @@ the lr of *every* group, so call the τ schedule after it in each step.
 """
 import math
 
-from open_clip_train.scheduler import const_lr, const_lr_cooldown, cosine_lr
+from open_clip_train.scheduler import (_warmup_lr, assign_learning_rate, const_lr,
+                                     const_lr_cooldown, cosine_lr)
 
 TAU_LR_SCHEDULES = ("cosine", "const", "const-cooldown", "step-thresh")
 
@@ -139,3 +140,22 @@ def make_tau_lr_schedule(kind, param_group, base_lr, warmup_length, steps, **opt
     if kind in TAU_LR_SCHEDULES:
         return OpenCLIPTauLR(kind, param_group, base_lr, warmup_length, steps, **options)
     raise ValueError(f"tau lr schedule must be one of {TAU_LR_SCHEDULES}, got {kind!r}")
+
+
+def cosine_lr_with_floor(optimizer, base_lr, warmup_length, steps, lr_min):
+    """OpenCLIP's cosine schedule ending at ``lr_min`` instead of 0 (``--lr-min``; the published
+    xlarge run ends at 4e-5): linear warm-up to base_lr, then
+    lr = lr_min + ½(1 + cos(π·e/E))·(base_lr − lr_min), e the step after warm-up, E their count."""
+    if not 0 <= lr_min <= base_lr:
+        raise ValueError(f"--lr-min must lie in [0, --lr={base_lr}], got {lr_min}")
+
+    def adjust(step):
+        if step < warmup_length:
+            lr = _warmup_lr(base_lr, warmup_length, step)
+        else:
+            progress = (step - warmup_length) / (steps - warmup_length)
+            lr = lr_min + 0.5 * (1 + math.cos(math.pi * progress)) * (base_lr - lr_min)
+        assign_learning_rate(optimizer, lr)
+        return lr
+
+    return adjust

@@ -14,7 +14,7 @@ import math
 import torch
 
 from . import optim
-from .schedules import make_tau_lr_schedule
+from .schedules import cosine_lr_with_floor, make_tau_lr_schedule
 
 
 def learns_global_tau(args):
@@ -58,6 +58,10 @@ class SchedulerWithTemperature:
 
 
 def wrap_scheduler(args, scheduler, optimizer, model, total_steps):
+    """OpenCLIP's scheduler, floored at --lr-min (baseline too), then the τ group's schedule."""
+    if getattr(args, "lr_min", None) is not None:
+        scheduler = cosine_lr_with_floor(optimizer, args.lr, args.warmup, total_steps, args.lr_min)
+        logging.info(f"cosine lr schedule from {args.lr} to the floor --lr-min {args.lr_min}")
     tau_group = optim.temperature_group(optimizer)
     if tau_group is None:
         return scheduler

@@ -87,3 +87,34 @@ def test_step_thresh_non_sticky_follows_the_current_tau_like_the_reference():
     schedule = make_tau_lr_schedule("step-thresh", tau_group, 3e-4, 0, 100, sticky=False)
     assert schedule(1, tau=0.02) == pytest.approx(1e-4)
     assert schedule(2, tau=0.05) == 3e-4
+
+
+def _baseline_args(**overrides):
+    from types import SimpleNamespace
+    settings = dict(fastclip=False, lr=1e-3, warmup=3, lr_min=4e-5, epochs=2)
+    return SimpleNamespace(**(settings | overrides))
+
+
+def test_lr_floor_follows_the_closed_form_cosine_for_the_baseline():
+    """--lr-min through temperature.wrap_scheduler (OpenCLIP's scheduler hook) with no τ group:
+    every group gets warm-up (step+1)/W·lr, then lr_min + ½(1+cos(π(s−W)/(S−W)))(lr − lr_min),
+    from lr down to exactly lr_min at the last step S; without the flag OpenCLIP's cosine stays."""
+    from open_clip_train.scheduler import cosine_lr
+
+    from open_clip_patch.temperature import wrap_scheduler
+    params = [torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    optimizer = torch.optim.AdamW([{"params": params[:1]}, {"params": params[1:]}], lr=1e-3)
+    steps, warmup, lr, floor = 23, 3, 1e-3, 4e-5
+    upstream = cosine_lr(optimizer, lr, warmup, steps)
+    assert wrap_scheduler(_baseline_args(lr_min=None), upstream, optimizer, None, steps) is upstream
+    scheduler = wrap_scheduler(_baseline_args(), upstream, optimizer, None, steps)
+    for step in range(steps + 1):
+        expected = (lr * (step + 1) / warmup if step < warmup else
+                    floor + 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup)))
+                    * (lr - floor))
+        assert scheduler(step) == pytest.approx(expected, rel=1e-12)
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([expected] * 2, rel=1e-12)
+    assert scheduler(steps) == pytest.approx(floor, rel=1e-12)
+    assert scheduler(warmup) == pytest.approx(lr, rel=1e-12)
+    with pytest.raises(ValueError, match="lr-min"):
+        wrap_scheduler(_baseline_args(lr_min=2e-3), upstream, optimizer, None, steps)
