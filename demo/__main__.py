@@ -1,15 +1,16 @@
 """`make demo`: OpenCLIP vs FastCLIP-v3 (vs SigLIP) side by side on image-text pairs, on a CPU.
 
-Every method trains the tiny model (``fastclip-tiny-vit``) on the demo data (Twemoji caption
-pairs from ``demo/data/``; scikit-learn digits when npm cannot fetch Twemoji) with the same
-global batch, seed, epochs, optimizer and lr schedule; only the loss and the hyperparameters
-tuned per method (demo/methods.py) differ. Every epoch's checkpoint is evaluated through
-``eval/`` (clip_benchmark) on the held-out emoji: retrieval R@1/R@5 in both directions and
-zero-shot category top-1. The driver prints a side-by-side table and writes
+Every method trains the tiny model at 64 px (``fastclip-tiny-vit-64``) on the demo data (the
+ten-set emoji and icon pool of ``demo/data/pool.py``; scikit-learn digits when npm cannot fetch
+it) with the same global batch, seed, epochs, optimizer and lr schedule; only the loss and the
+hyperparameters per method (demo/methods.py) differ. Every epoch's checkpoint is evaluated
+through ``eval/`` (clip_benchmark) on the held-out sets: concept held-out and style held-out
+(Fluent Emoji) retrieval R@1/R@5 in both directions, per family (emoji, icons), and zero-shot
+over the held-out concepts. The driver prints a side-by-side table and writes
 ``<out>/report.md`` and ``<out>/curves.png`` (metrics against samples seen). Run from the
 repository root (``bash run_scripts/demo.sh`` does that from anywhere):
 
-    python -m demo                            # full demo: ~13 min on 2 CPU cores
+    python -m demo                            # full demo (README: its wall time on 2 cores)
     python -m demo --quick                    # digits, 2 short epochs: for tests (DEMO_QUICK=1)
     python -m demo --methods openclip,fastclip-v3               # a subset
     python -m demo --skip-training            # re-evaluate existing runs, rewrite the report
@@ -78,6 +79,8 @@ def parse_args(argv=None):
                         help="demo data source (default: auto; digits with --quick)")
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs")
     parser.add_argument("--seed", type=int, default=None, help="override the seed (repeats)")
+    parser.add_argument("--train-pairs", type=int, default=None,
+                        help="override the pool's training pairs (0: the whole pool)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="override the global batch (regime studies)")
     parser.add_argument("--skip-training", action="store_true",
@@ -102,6 +105,8 @@ def settings_from_args(args):
         settings = replace(settings, epochs=args.epochs)
     if args.seed is not None:
         settings = replace(settings, seed=args.seed)
+    if args.train_pairs is not None:
+        settings = replace(settings, train_pairs=args.train_pairs or None)
     if args.batch_size:
         settings = replace(settings, batch_size=args.batch_size)
     return settings

@@ -8,6 +8,7 @@ as the run's own ``out.log``.
 """
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -79,8 +80,11 @@ def run_trainer(command, run_dir, label, epochs, expected_per_epoch, show_progre
                              f"last lines:\n{tail}")
     if len(set(per_epoch.values())) != 1:
         raise TrainingFailed(f"{label}: could not read samples per epoch from {transcript}")
+    # The thread count is part of a run's identity: the same seed repeats bit for bit only at
+    # the same OMP_NUM_THREADS (float sums split differently across threads).
+    threads = (env if env is not None else os.environ).get("OMP_NUM_THREADS")
     record = {"label": label, "wall_s": round(wall_s, 1), "epochs": len(per_epoch),
-              "samples_per_epoch": per_epoch[0], "command": command}
+              "samples_per_epoch": per_epoch[0], "omp_num_threads": threads, "command": command}
     (run_dir / "train.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
 

@@ -16,6 +16,7 @@ thread per trainer, ``--jobs`` 1 or 2, and ``study.json`` records it. ``<out>/st
 """
 import json
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -34,6 +35,8 @@ CURVE_BATCHES = (16, 32, 64, 128)
 CURVE_SEEDS = (0, 1, 2)
 CURVE_METHODS = ("openclip", "fastclip-v3")
 STUDY_THREADS = "1"   # one thread per trainer, whatever --jobs: runs repeat bit for bit
+# Evaluations run one at a time: they share the decoded sets and redirect stderr.
+EVAL_LOCK = threading.Lock()
 
 
 def run_dir_of(out_dir, settings, seed, name):
@@ -58,7 +61,8 @@ def train_and_evaluate(settings, manifest, out_dir, seed, name, eval_sets):
     env = {**os.environ, "OMP_NUM_THREADS": STUDY_THREADS}
     record = run_trainer(command, run_dir, f"{METHODS[name].label} seed {seed}", seeded.epochs,
                          expected, show_progress=False, env=env)
-    evaluate_run(run_dir, eval_sets, record["samples_per_epoch"], name, show_progress=False)
+    with EVAL_LOCK:
+        evaluate_run(run_dir, eval_sets, record["samples_per_epoch"], name, show_progress=False)
     return run_dir
 
 

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# `make demo`: OpenCLIP vs FastCLIP-v3 vs SigLIP side by side on the Twemoji demo data, on a CPU
-# (the demo/ package does the work: data, training, per-epoch evaluation, report). Run after
+# `make demo`: OpenCLIP vs FastCLIP-v3 vs SigLIP side by side on the demo's emoji/icon pool, on a
+# CPU (the demo/ package does the work: data, training, per-epoch evaluation, report). Run after
 # `make patch`, from anywhere:
+#   bash run_scripts/demo.sh data             # only the data (first build: ~6 min, cached)
 #   bash run_scripts/demo.sh                  # full demo -> build/demo/report.md, curves.png
+#   bash run_scripts/demo.sh study --jobs 2   # 5 seeds x 6 methods -> build/demo-study/ (hours)
+#   bash run_scripts/demo.sh batch-curve --jobs 2   # global batch 16/32/64/128, 3 seeds
 #   bash run_scripts/demo.sh --quick          # digits, 2 short epochs (what the tests run)
 #   DEMO_QUICK=1 bash run_scripts/demo.sh     # the same
 #   bash run_scripts/demo.sh --methods openclip,fastclip-v3 --out build/demo-two

@@ -1,6 +1,7 @@
 """`make demo` (run_scripts/demo.sh -> python -m demo): the quick demo end to end, the report's
 numbers against the evaluation files, the comparison arithmetic, the method table, the tuning
 rules and the tuning record."""
+import math
 import json
 import os
 import subprocess
@@ -31,6 +32,28 @@ def quick_demo(tmp_path_factory):
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
+
+
+def test_the_same_seed_repeats_the_baseline_bit_for_bit(quick_demo, tmp_path):
+    """OpenCLIP's run again from its own recorded command, at the same thread count: the same
+    weights at every epoch, so the same numbers (the issue: a rerun changed OpenCLIP's)."""
+    import torch
+
+    out, _ = quick_demo
+    first = json.loads((out / "runs" / "openclip" / "train.json").read_text())
+    assert first["omp_num_threads"] == "2"
+    command = list(first["command"])
+    command[command.index("--logs") + 1] = str(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": first["omp_num_threads"]}
+    runner.run_trainer(command, tmp_path / "openclip", "again", QUICK.epochs, 1,
+                       show_progress=False, env=env)
+    for epoch in range(1, QUICK.epochs + 1):
+        weights = [torch.load(root / "openclip" / "checkpoints" / f"epoch_{epoch}.pt",
+                              map_location="cpu", weights_only=True)["state_dict"]
+                   for root in (out / "runs", tmp_path)]
+        assert weights[0].keys() == weights[1].keys()
+        for key in weights[0]:
+            assert torch.equal(weights[0][key], weights[1][key]), (epoch, key)
 
 
 def split_row(line):
@@ -257,3 +280,37 @@ def test_tuning_keeps_scored_points_and_trains_only_new_ones(tmp_path, monkeypat
 
 def test_majority_class_share_is_the_most_frequent_label():
     assert evaluate.majority_class_share([(None, 2), (None, 2), (None, 0), (None, 2)]) == 0.75
+
+
+def test_study_and_batch_curve_drivers_on_the_quick_path(tmp_path):
+    """Two seeds x two methods, then the batch curve at 16 and 32 (the batch-16 runs are
+    reused): mean ± CI and the paired figures come from the runs' evaluation files."""
+    from demo import stats, study
+
+    names, seeds = ["openclip", "fastclip-v3"], [0, 1]
+    tiny = replace(QUICK, epochs=1, train_num_samples=64)
+    path = study.run_study(tmp_path, tiny, names, seeds, jobs=2, show_progress=False)
+    record = json.loads((tmp_path / "study_b16.json").read_text())
+    assert path.name == "study_b16.md" and record["complete"] == {n: seeds for n in names}
+    finals = {name: [eval_records(study.run_dir_of(tmp_path, replace(tiny, seed=s), s, name),
+                                  tiny.epochs)["heldout_retrieval"]["metrics"]["mean_recall@1"]
+                     for s in seeds] for name in names}
+    for name in names:
+        expected = stats.mean_ci(finals[name])
+        assert record["finals"][name]["mean_r1"]["mean"] == pytest.approx(expected.mean)
+        assert record["finals"][name]["mean_r1"]["half_width"] == pytest.approx(
+            expected.half_width)
+    paired = record["paired"]["fastclip-v3"]["mean_r1"]
+    assert paired["ratios"] == pytest.approx(
+        [f / b if b else math.inf for f, b in zip(finals["fastclip-v3"], finals["openclip"])])
+    for name in names:   # one thread per trainer, as the docstring says
+        train = json.loads((study.run_dir_of(tmp_path, tiny, 0, name) / "train.json").read_text())
+        assert train["omp_num_threads"] == "1"
+    first = (study.run_dir_of(tmp_path, tiny, 0, "openclip") / "train.json").stat().st_mtime_ns
+    curve = study.run_batch_curve(tmp_path, tiny, names, [0], batches=(16, 32), jobs=2,
+                                  show_progress=False)
+    rows = json.loads((tmp_path / "batch_curve.json").read_text())
+    assert [row["batch"] for row in rows] == [16, 32] and curve.name == "batch_curve.md"
+    assert (study.run_dir_of(tmp_path, tiny, 0, "openclip") / "train.json").stat().st_mtime_ns \
+        == first   # reused, not retrained
+    assert (tmp_path / "study_curves_b32.png").is_file()

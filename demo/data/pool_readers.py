@@ -47,6 +47,23 @@ def read_members(tarball, wanted):
     return found
 
 
+def read_index(tarball, index, image_dir):
+    """(the package's JSON index, {member name: bytes} of its image directory)."""
+    files = read_members(tarball, lambda n: n == index or n.startswith(image_dir))
+    return json.loads(files.pop(index)), files
+
+
+def with_images(entries, files, path_of, skipped, leave_out=lambda entry: None):
+    """(entry, image bytes) of each entry that has its image and no ``leave_out`` reason; the
+    others are counted in ``skipped`` by reason."""
+    for entry in entries:
+        reason = leave_out(entry) or (None if path_of(entry) in files else "no image")
+        if reason:
+            skipped[reason] += 1
+            continue
+        yield entry, files[path_of(entry)]
+
+
 def _emoji_caption(text):
     return make_caption(text.label, text.tags)
 
@@ -70,17 +87,11 @@ def read_emoji_datasource(package, tarball, cldr, image_set):
 
 def read_openmoji(package, tarball, cldr):
     """OpenMoji colour SVGs; CLDR text where Unicode has the emoji, else OpenMoji's own."""
-    files = read_members(tarball, lambda n: n == "package/data/openmoji.json"
-                         or n.startswith("package/color/svg/"))
+    index, files = read_index(tarball, "package/data/openmoji.json", "package/color/svg/")
     skipped, images = Counter(), []
-    for entry in json.loads(files["package/data/openmoji.json"]):
-        if entry.get("skintone"):
-            skipped["skin-tone variant"] += 1
-            continue
-        svg = files.get(f"package/color/svg/{entry['hexcode']}.svg")
-        if svg is None:
-            skipped["no image"] += 1
-            continue
+    entries = with_images(index, files, lambda e: f"package/color/svg/{e['hexcode']}.svg",
+                          skipped, lambda e: "skin-tone variant" if e.get("skintone") else None)
+    for entry, svg in entries:
         text = cldr.text_of_codepoints(entry["hexcode"])
         if text is not None:
             concept, caption = f"emoji:{text.concept}", _emoji_caption(text)
@@ -154,33 +165,24 @@ def _icon(package, style, name, keywords, svg, skipped):
 
 
 def read_tabler(package, tarball):
-    files = read_members(tarball, lambda n: n == "package/icons.json"
-                         or n.startswith("package/icons/"))
+    index, files = read_index(tarball, "package/icons.json", "package/icons/")
     skipped, images = Counter(), []
-    for name, meta in sorted(json.loads(files["package/icons.json"]).items()):
-        for style in sorted(meta.get("styles", {})):
-            svg = files.get(f"package/icons/{style}/{name}.svg")
-            if svg is None:
-                skipped["no image"] += 1
-                continue
-            keywords = [meta.get("category") or ""] + list(meta.get("tags") or ())
-            image = _icon(package, style, name, keywords, svg, skipped)
-            images += [image] if image else []
+    styled = [(name, meta, style) for name, meta in sorted(index.items())
+              for style in sorted(meta.get("styles", {}))]
+    entries = with_images(styled, files, lambda e: f"package/icons/{e[2]}/{e[0]}.svg", skipped)
+    for (name, meta, style), svg in entries:
+        keywords = [meta.get("category") or ""] + list(meta.get("tags") or ())
+        image = _icon(package, style, name, keywords, svg, skipped)
+        images += [image] if image else []
     return images, skipped
 
 
 def read_mdi(package, tarball):
-    files = read_members(tarball, lambda n: n == "package/meta.json"
-                         or n.startswith("package/svg/"))
+    index, files = read_index(tarball, "package/meta.json", "package/svg/")
     skipped, images = Counter(), []
-    for meta in json.loads(files["package/meta.json"]):
-        if meta.get("deprecated"):
-            skipped["deprecated"] += 1
-            continue
-        svg = files.get(f"package/svg/{meta['name']}.svg")
-        if svg is None:
-            skipped["no image"] += 1
-            continue
+    entries = with_images(index, files, lambda m: f"package/svg/{m['name']}.svg", skipped,
+                          lambda m: "deprecated" if m.get("deprecated") else None)
+    for meta, svg in entries:
         keywords = list(meta.get("aliases") or ()) + list(meta.get("tags") or ())
         image = _icon(package, "mono", meta["name"], keywords, svg, skipped)
         images += [image] if image else []
@@ -204,14 +206,11 @@ def read_fontawesome(package, tarball):
 
 
 def read_lucide(package, tarball):
-    files = read_members(tarball, lambda n: n == "package/tags.json"
-                         or n.startswith("package/icons/"))
+    index, files = read_index(tarball, "package/tags.json", "package/icons/")
     skipped, images = Counter(), []
-    for name, tags in sorted(json.loads(files["package/tags.json"]).items()):
-        svg = files.get(f"package/icons/{name}.svg")
-        if svg is None:
-            skipped["no image"] += 1
-            continue
+    entries = with_images(sorted(index.items()), files,
+                          lambda item: f"package/icons/{item[0]}.svg", skipped)
+    for (name, tags), svg in entries:
         image = _icon(package, "mono", name, tags, svg, skipped)
         images += [image] if image else []
     return images, skipped
