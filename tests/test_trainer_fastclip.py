@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from demo.data.digits import write_digits_shards
+from open_clip_patch.versions import VERSIONS as VERSIONS_TABLE
 from trainer_utils import run_trainer
 
 VERSIONS = ("v0", "v1", "v2", "v3", "sogclr", "isogclr")
@@ -208,3 +209,42 @@ def test_truncated_shard_is_skipped_and_counted(tmp_path):
     errors = re.search(r"'shard_errors': (\d+)", result.log_text)
     assert errors and int(errors.group(1)) >= 1
     assert "Handling webdataset error" in result.log_text
+
+
+SCHEMES = ("global-constant", "global-learnable", "individual-learnable")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_tau_moves_exactly_when_the_scheme_learns_it_or_the_run_is_refused(
+        tmp_path, capsys, digit_shards, version, scheme):
+    """Every version × --temperature-scheme through the trainer (two steps): a learnable
+    scheme moves τ (the logit scale, or the touched samples' τᵢ), a constant one keeps τ₀
+    bit-exactly, and a scheme the objective cannot use is refused before training (once, the
+    log said "learnable" while τ stayed frozen)."""
+    from open_clip_patch.versions import SCHEMES_OF_OBJECTIVE
+
+    # varied digits (synthetic samples are all alike: a GCL loss of 0 gives τ no gradient)
+    flags = wds_flags(digit_shards, num_samples=16) + [
+        "--fastclip", "--fastclip-version", version, "--temperature-scheme", scheme,
+        "--temperature", "0.05", "--data-size", str(digit_shards.id_space), "--lr", "1e-2"]
+    if scheme not in SCHEMES_OF_OBJECTIVE[VERSIONS_TABLE[version].objective]:
+        with pytest.raises(SystemExit) as stop:
+            run_trainer(tmp_path, "refused", flags)
+        assert stop.value.code == 2 and "does not fit" in capsys.readouterr().err
+        return
+    checkpoint = load_checkpoint(run_trainer(tmp_path, "walk", flags))
+    tau_global = math.exp(-float(checkpoint["state_dict"]["logit_scale"]))
+    state = checkpoint["fastclip"]["loss"]["_extra_state"]["state"]
+    if scheme == "global-learnable":
+        assert abs(tau_global - 0.05) > 1e-6
+    else:
+        assert float(checkpoint["state_dict"]["logit_scale"]) == \
+            float(torch.tensor(math.log(1 / 0.05), dtype=torch.float32))
+    if scheme == "individual-learnable":
+        columns, values = state["columns"], state["values"]
+        taus = values[:, [columns.index("tau_image"), columns.index("tau_text")]]
+        assert (taus - 0.05).abs().max() > 1e-6   # the touched samples' τᵢ moved
+    else:
+        assert "tau_image" not in state["columns"]
