@@ -117,6 +117,10 @@ def restore_state(args, loss, scheduler):
         return
     run.resume_entry = None
     checkpoint.check_entry(args, entry, args.resume, run.data_size)  # known by now
+    if entry.get("id_ranges") != run.id_ranges:
+        raise checkpoint.CheckpointMismatch(
+            f"{args.resume} maps sample ids to sources as {entry.get('id_ranges')}, this run's "
+            f"--train-data as {run.id_ranges}: the FCCO state would belong to other samples")
     rng, why = checkpoint.restore_fcco_state(args, entry, loss, run.state_group)
     if "scheduler" in entry and hasattr(scheduler, "load_state_dict"):
         scheduler.load_state_dict(entry["scheduler"])
@@ -130,6 +134,8 @@ def checkpoint_extras(args, loss, scheduler):
     run = run_of(args)
     entry = checkpoint.fastclip_entry(args, run.data_size, loss, scheduler, run.state_shards,
                                       run.rank_streams)
+    if run.id_ranges is not None:
+        entry["id_ranges"] = run.id_ranges   # the '::' sources' id ranges (checked on resume)
     return {checkpoint.CHECKPOINT_KEY: entry}
 
 
@@ -223,11 +229,30 @@ def wds_to_tuple(args, is_train):
     from open_clip_train.data import expand_urls
 
     run = run_of(args)
+    ranges = source_ranges(args, run, expand_urls)
     data_size = run.resolve_data_size(
         lambda: indexing.id_space_of_shards(expand_urls(args.train_data)[0]),
         "from the shards' id space")
-    stage = indexing.WdsSampleId(data_size, args.skip_invalid_ids, run.data_counters)
+    stage = indexing.WdsSampleId(data_size, args.skip_invalid_ids, run.data_counters, ranges)
     return [wds.map(stage), wds.to_tuple("image", "text", "sample_id"), *last]
+
+
+def source_ranges(args, run, expand_urls):
+    """``--train-data a::b`` (with or without --train-data-upsampling-factors): each source
+    its own id range, --data-size their sum (given, it must be the sum), the mapping logged;
+    None for one source. Refused with one line when a source's id space is unknown."""
+    if "::" not in args.train_data:
+        return None
+    ranges = indexing.source_id_ranges(args.train_data, expand_urls)
+    total = sum(r.size for r in ranges)
+    if run.data_size is not None and run.data_size != total:
+        raise ValueError(f"--data-size {run.data_size} is not the sum {total} of the '::' "
+                         f"sources' id spaces {[r.size for r in ranges]}: each source gets its "
+                         f"own id range, so give --data-size {total} (or leave it unset)")
+    run.data_size, run.id_ranges = total, [r.describe() for r in ranges]
+    logging.info(f"FastCLIP: --data-size {total}, one id range per '::' source: " + "; ".join(
+        f"{r.source} -> [{r.offset}, {r.offset + r.size})" for r in ranges))
+    return ranges
 
 
 def with_sample_ids(args, dataset, is_train):

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import random
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -82,12 +83,15 @@ def _key_of(sample):
 
 
 class WdsSampleId:
-    """webdataset stage: adds ``sample_id`` from the sample's key, checked against data-size."""
+    """webdataset stage: adds ``sample_id`` from the sample's key, checked against data-size.
+    With several sources (``ranges``, :func:`source_id_ranges`) a key is checked against its
+    source's own id space and moved by that source's offset, so no two sources share an id."""
 
-    def __init__(self, data_size, skip_invalid=False, counters=None):
+    def __init__(self, data_size, skip_invalid=False, counters=None, ranges=None):
         self.data_size = data_size
         self.skip_invalid = skip_invalid
         self.counters = counters
+        self.range_of_url = {url: r for r in ranges or () for url in r.urls}
 
     def __call__(self, sample):
         key = _key_of(sample)
@@ -95,10 +99,15 @@ class WdsSampleId:
             sample_id = int(key)
         except (TypeError, ValueError):
             return self._reject(sample, key, f"has no integer id (key {key!r})")
-        if not 0 <= sample_id < self.data_size:
-            return self._reject(sample, key, f"has id {sample_id} outside [0, data-size="
-                                             f"{self.data_size})")
-        sample["sample_id"] = sample_id
+        offset, size = 0, self.data_size
+        if self.range_of_url:
+            source = self.range_of_url[sample.get("__url__")]
+            offset, size = source.offset, source.size
+        if not 0 <= sample_id < size:
+            where = f"its source's id space [0, {size})" if self.range_of_url else \
+                f"[0, data-size={size})"
+            return self._reject(sample, key, f"has id {sample_id} outside {where}")
+        sample["sample_id"] = offset + sample_id
         return sample
 
     def _reject(self, sample, key, problem):
@@ -152,6 +161,41 @@ class SeededSampleShuffle:
         if worker is not None:
             seed_worker_streams("augment:" + key)
         return _shuffle(src, self.bufsize, self.initial, random.Random(key))
+
+
+@dataclass(frozen=True)
+class IdRange:
+    """One ``::`` source of the training data and the ids it owns: [offset, offset + size)."""
+    source: str
+    offset: int
+    size: int
+    urls: tuple
+
+    def describe(self):
+        return {"source": self.source, "offset": self.offset, "size": self.size}
+
+
+def source_id_ranges(train_data: str, expand) -> list:
+    """Disjoint id ranges for the sources of ``--train-data a::b``: each source's declared id
+    space (:func:`id_space_of_shards`), one after the other. img2dataset numbers every set from
+    00000, so two sets read as one shared ids 0-31 and so one u. A shard listed in two sources
+    cannot be told apart and is refused. ``expand`` is OpenCLIP's expand_urls."""
+    ranges, offset, owner = [], 0, {}
+    for source in train_data.split("::"):
+        urls = tuple(expand(source)[0])
+        for url in urls:
+            if url in owner:
+                raise ValueError(f"shard {url} is listed in two '::' sources ({owner[url]!r} and "
+                                 f"{source!r}): their samples would share ids and FCCO state")
+            owner[url] = source
+        if not all(_SHARD_NUMBER.search(os.path.basename(url)) for url in urls):
+            raise ValueError(f"cannot give the '::' source {source!r} its own id range: its "
+                             f"shards are not all named NNNNN.tar (img2dataset), so its id "
+                             f"space is unknown")
+        size = id_space_of_shards(urls)
+        ranges.append(IdRange(source, offset, size, urls))
+        offset += size
+    return ranges
 
 
 def id_space_of_shards(shard_paths):

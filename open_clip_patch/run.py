@@ -10,6 +10,7 @@ calls them:
     get_data             data_size        (--data-size, else the training data's id space)
                          data_counters    (shared with the dataloader workers)
                          sample_guard     (webdataset: stops data with no valid sample)
+                         id_ranges        (--train-data a::b: one id range per source)
     create_loss          gamma_schedule   (needs data_size: the data must come first)
                          state_group      (sharded FCCO state, 2+ ranks)
     restore_state        consumes resume_entry
@@ -38,6 +39,7 @@ class FastCLIPRun:
     state_shards: Optional[dict] = None      # sharded state: the latest saved shard folder
     rank_streams: Optional[list] = None      # replicated, K > 1: every rank's RNG streams
     sample_guard: object = None              # webdataset training: indexing.SampleFlowGuard
+    id_ranges: Optional[list] = None         # '::' sources: each one's id offset and size
 
     def resolve_data_size(self, infer, source: str) -> int:
         """``--data-size`` when given, else ``infer()`` (the training data's id space), once."""

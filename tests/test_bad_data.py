@@ -202,3 +202,83 @@ def test_fcco_state_fresh_continues_an_openclip_checkpoint(tmp_path, monkeypatch
     state = after["fastclip"]["loss"]["_extra_state"]["state"]
     log_u = state["values"][:, state["columns"].index("log_u_image")]
     assert torch.isfinite(log_u).sum() == 16   # u from zero, written by this epoch's 16 ids
+
+
+# ---- '::' sources get disjoint id ranges (item 2) -------------------------------------------
+@pytest.fixture(scope="module")
+def two_sets(tmp_path_factory):
+    """Two img2dataset sets, both numbered from 00000 (their ids 0.. overlap)."""
+    root = tmp_path_factory.mktemp("sets")
+    a = write_digits_shards(root / "a", num_shards=2, num_samples=40, unique_captions=True)
+    b = write_digits_shards(root / "b", num_shards=1, num_samples=24, unique_captions=True)
+    return a, b
+
+
+def recorded_ids(monkeypatch):
+    from open_clip_patch import hooks
+
+    seen, original = [], hooks.unpack_batch
+
+    def recording(args, batch):
+        images, texts, extra = original(args, batch)
+        seen.extend(extra["sample_ids"].tolist())
+        return images, texts, extra
+
+    monkeypatch.setattr(hooks, "unpack_batch", recording)
+    return seen
+
+
+def touched_ids(result, epoch=1):
+    import torch
+
+    entry = torch.load(result.checkpoint(epoch), map_location="cpu", weights_only=False)["fastclip"]
+    state = entry["loss"]["_extra_state"]["state"]
+    log_u = state["values"][:, state["columns"].index("log_u_image")]
+    return entry, set(torch.nonzero(torch.isfinite(log_u)).flatten().tolist())
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("resampled", [False, True])
+def test_sources_joined_by_colons_get_disjoint_id_ranges(tmp_path, monkeypatch, two_sets,
+                                                         resampled):
+    a, b = two_sets
+    expected = set(a.captions) | {20_000 + key for key in b.captions}   # b after a's 2 x 10^4
+    flags = wds(f"{a.pattern}::{b.pattern}", 64, "--fastclip", "--fastclip-version", "v1")
+    if resampled:
+        flags += ["--dataset-resampled", "--train-data-upsampling-factors", "1::2"]
+    seen = recorded_ids(monkeypatch)
+    result = run_trainer(tmp_path, "joined", flags)
+    assert f"{a.pattern} -> [0, 20000); {b.pattern} -> [20000, 30000)" in result.log_text
+    entry, touched = touched_ids(result)
+    assert entry["data_size"] == 30_000
+    assert entry["id_ranges"] == [{"source": a.pattern, "offset": 0, "size": 20_000},
+                                  {"source": b.pattern, "offset": 20_000, "size": 10_000}]
+    assert touched == set(seen) and set(seen) <= expected
+    assert any(i >= 20_000 for i in seen) and any(i < 20_000 for i in seen)
+
+
+def test_sources_whose_id_space_is_unknown_or_whose_size_disagrees_are_refused(tmp_path, two_sets):
+    a, b = two_sets
+    with pytest.raises(ValueError, match=r"--data-size 20000 is not the sum 30000"):
+        run_trainer(tmp_path, "size", wds(f"{a.pattern}::{b.pattern}", 16, "--fastclip",
+                                          "--data-size", "20000"))
+    renamed = tmp_path / "named" / "part-a.tar"
+    renamed.parent.mkdir()
+    renamed.write_bytes(open(b.paths[0], "rb").read())
+    with pytest.raises(ValueError, match=r"its shards are not all named NNNNN.tar"):
+        run_trainer(tmp_path, "names", wds(f"{a.pattern}::{renamed}", 16, "--fastclip"))
+    with pytest.raises(ValueError, match=r"is listed in two '::' sources"):
+        run_trainer(tmp_path, "twice", wds(f"{a.pattern}::{a.paths[0]}", 16, "--fastclip"))
+
+
+@pytest.mark.timeout(300)
+def test_resume_with_another_source_mapping_is_refused(tmp_path, two_sets):
+    from open_clip_patch.checkpoint import CheckpointMismatch
+
+    a, b = two_sets
+    flags = ["--fastclip", "--fastclip-version", "v1", "--data-size", "30000"]
+    run_trainer(tmp_path, "ab", wds(f"{a.pattern}::{b.pattern}", 16, *flags, "--stop-epochs", "1"),
+                epochs=2)
+    with pytest.raises(CheckpointMismatch, match="maps sample ids to sources"):
+        run_trainer(tmp_path, "ab", wds(f"{b.pattern}::{a.pattern}", 16, *flags,
+                                        "--resume", "latest"), epochs=2)
