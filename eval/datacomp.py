@@ -13,6 +13,9 @@ and ``datacomp_summary.json`` (38-task average and group averages) into ``--outp
     python -m eval.datacomp --from-results logs/x/eval/epoch_3/datacomp_results.jsonl
 
 ``--tasks`` runs a subset (its average is flagged partial); ``--from-results`` only re-aggregates.
+FairFace and UTKFace (``fairness/fairface``, ``fairness/utkface``) run whenever their sets are
+present (or when named in ``--tasks``); the summary reports them under ``"fairness"``, outside
+every average. Results use DataComp's task keys.
 
 Results are saved after each task; rerunning the same command resumes (``--fresh`` reruns all).
 """
@@ -26,7 +29,8 @@ from eval.classification import evaluate_wds_classification
 from eval.model import add_model_args, default_output_dir, model_from_args
 from eval.results import mean_headline, publish, read_records, run_cli, task_record
 from eval.retrieval import evaluate_retrieval, open_retrieval_set
-from eval.tasks import GROUPS, TASKS_BY_KEY, select_tasks
+from eval.fairness import evaluate_fairface
+from eval.tasks import FAIRNESS_BY_KEY, FAIRNESS_TASKS, GROUPS, RENAMED_KEYS, TASKS_BY_KEY, select_tasks
 from eval.winogavil import evaluate_winogavil
 from eval.wds_sets import is_wds_set
 
@@ -55,6 +59,8 @@ def run_task(evm, task, data_dir, batch_size=64, workers=0):
         return evaluate_retrieval(evm, open_retrieval_set(root, evm.transform), batch_size, workers)
     if task.kind == "winogavil":
         return evaluate_winogavil(evm, root)
+    if task.kind == "fairface":
+        return evaluate_fairface(evm, root, batch_size, workers)
     return evaluate_wds_classification(evm, root, batch_size, workers, task.extra_metrics)
 
 
@@ -65,8 +71,11 @@ def aggregate(records, expected_keys=None, allow_missing=False, info=None):
     missing. Missing tasks raise MissingTasksError unless allow_missing, in which case the
     summary is marked partial and lists them.
     """
-    expected_keys = list(expected_keys or TASKS_BY_KEY)
-    by_key = {r["key"]: r for r in records if r.get("main_metric") is not None}
+    expected_keys = [key for key in (TASKS_BY_KEY if expected_keys is None else expected_keys)
+                     if key not in FAIRNESS_BY_KEY]
+    by_key = {RENAMED_KEYS.get(r["key"], r["key"]): r for r in records
+              if r.get("main_metric") is not None}
+    fairness = {key: by_key.pop(key)["metrics"] for key in list(by_key) if key in FAIRNESS_BY_KEY}
     unknown = sorted(set(by_key) - set(TASKS_BY_KEY))
     if unknown:
         raise ValueError(f"results for tasks outside the DataComp suite: {unknown}")
@@ -83,7 +92,7 @@ def aggregate(records, expected_keys=None, allow_missing=False, info=None):
     all_missing = [key for key in TASKS_BY_KEY if key not in ran]
     return {"suite": "datacomp", "info": info or {}, "headline": headline,
             "tasks": {key: record["main_metric"] for key, record in ran.items()},
-            "partial": bool(all_missing), "missing": all_missing}
+            "fairness": fairness, "partial": bool(all_missing), "missing": all_missing}
 
 
 def evaluate_suite(evm, data_dir, tasks, batch_size=64, workers=0, allow_missing=False,
@@ -124,9 +133,17 @@ def cached_records(results_path, checkpoint):
             and r.get("main_metric") is not None}
 
 
+def present_fairness_tasks(data_dir, tasks):
+    """FairFace / UTKFace tasks not asked for but whose sets are in data_dir (run as extras)."""
+    return [task for task in FAIRNESS_TASKS if task not in tasks
+            and is_wds_set(os.path.join(data_dir, task.dirname))]
+
+
 def run_checkpoint(args, tasks, output_dir):
     """Evaluate args.checkpoint, resuming from output_dir's results unless --fresh."""
     missing_task_dirs(tasks, args.data_dir, args.allow_missing)  # fail before loading
+    if args.tasks is None:
+        tasks = tasks + present_fairness_tasks(args.data_dir, tasks)
     evm = model_from_args(args)
     results_path = Path(output_dir) / "datacomp_results.jsonl"
     done = {} if args.fresh else cached_records(results_path, args.checkpoint)

@@ -2,11 +2,14 @@
 
 Source: DataComp's ``tasklist.yml`` and ``eval_utils/`` (github.com/mlfoundations/datacomp).
 Its tasklist has 40 entries; FairFace and UTKFace have no main metric and are left out of the
-average, which leaves the 38 tasks below. A task's main metric defaults to ``acc1``.
+average, which leaves the 38 tasks below. A task's main metric defaults to ``acc1``. Keys are
+DataComp's (its current tasklist names Flickr ``retrieval/flickr_1k_test_image_text_retrieval``),
+so a results file lines up with DataComp's ``eval_results.jsonl``; FairFace and UTKFace are
+``FAIRNESS_TASKS``, run when their sets are present (eval/fairness.py), reported apart.
 
 Data layout: each task reads ``<data-dir>/<task.dirname>``, a clip_benchmark webdataset directory.
 For classification tasks the name is the one DataComp's ``download_evalsets.py`` writes,
-``wds_<key with "/" -> "-">_test`` with a leading ``fairness/`` dropped. DataComp reads Flickr30k,
+``wds_<key with "/" -> "-">_test`` with a leading ``fairness/`` dropped. DataComp reads Flickr 1k,
 MSCOCO and WinoGAViL from Hugging Face caches instead; here they are local webdatasets too:
 ``wds_flickr30k_test``, ``wds_mscoco_2014_5k_test_image_text_retrieval_test`` (clip_benchmark's
 retrieval layout, see eval/wds_sets.py) and ``wds_winogavil_test`` (eval/wds_sets.py's
@@ -22,9 +25,12 @@ class Task:
     main_metric: str = "acc1"
     kind: str = "classification"  # classification | retrieval | winogavil
     extra_metrics: tuple = field(default=())  # names from GROUP_METRICS or "F1-macro_all"
+    data_dirname: str = None      # the local set's directory, where it is not derived from key
 
     @property
     def dirname(self):
+        if self.data_dirname:
+            return self.data_dirname
         short = self.key.split("/", 1)[1] if self.key.split("/")[0] in _FLAT_PREFIXES else self.key
         return f"wds_{short.replace('/', '-')}_test"
 
@@ -76,7 +82,8 @@ DATACOMP_TASKS = (
     Task("stl10", "STL-10"),
     Task("sun397", "SUN397"),
     Task("vtab/svhn", "SVHN"),
-    Task("retrieval/flickr30k", "Flickr", _R1, kind="retrieval"),
+    Task("retrieval/flickr_1k_test_image_text_retrieval", "Flickr", _R1, kind="retrieval",
+         data_dirname="wds_flickr30k_test"),
     Task("retrieval/mscoco_2014_5k_test_image_text_retrieval", "MSCOCO", _R1, kind="retrieval"),
     Task("misc/winogavil", "WinoGAViL", "jaccard_score_10-12", kind="winogavil"),
     Task("wilds/iwildcam", "iWildCam", "F1-macro_all", extra_metrics=("F1-macro_all",)),
@@ -88,6 +95,16 @@ DATACOMP_TASKS = (
 )
 
 TASKS_BY_KEY = {task.key: task for task in DATACOMP_TASKS}
+# Keys this project used before it took DataComp's: old results files still aggregate.
+RENAMED_KEYS = {"retrieval/flickr30k": "retrieval/flickr_1k_test_image_text_retrieval"}
+
+# DataComp's fairness sets without a main metric: evaluated when present, never averaged.
+# "acc_race_avg" (race, white vs non-white, over all faces) is the figure shown for each.
+FAIRNESS_TASKS = (
+    Task("fairness/fairface", "FairFace", "acc_race_avg", kind="fairface"),
+    Task("fairness/utkface", "UTKFace", "acc_race_avg", kind="fairface"),
+)
+FAIRNESS_BY_KEY = {task.key: task for task in FAIRNESS_TASKS}
 
 # Group averages reported next to the 38-task average. "imagenet_dist_shifts", "vtab" and
 # "retrieval" are DataComp's groups (its aggregate_scores.py); "imagenet_and_variants" is the
@@ -101,7 +118,8 @@ GROUPS = {
              "vtab/clevr_closest_object_distance", "vtab/dtd", "vtab/eurosat",
              "vtab/kitti_closest_vehicle_distance", "vtab/flowers", "vtab/pets", "vtab/pcam",
              "vtab/resisc45", "vtab/svhn", "sun397"),
-    "retrieval": ("retrieval/flickr30k", "retrieval/mscoco_2014_5k_test_image_text_retrieval",
+    "retrieval": ("retrieval/flickr_1k_test_image_text_retrieval",
+                  "retrieval/mscoco_2014_5k_test_image_text_retrieval",
                   "misc/winogavil"),
 }
 
@@ -113,7 +131,9 @@ def select_tasks(keys=None):
     """Tasks for the given keys (all 38 when keys is None); unknown keys are an error."""
     if keys is None:
         return list(DATACOMP_TASKS)
-    unknown = [key for key in keys if key not in TASKS_BY_KEY]
+    keys = [RENAMED_KEYS.get(key, key) for key in keys]
+    known = {**TASKS_BY_KEY, **FAIRNESS_BY_KEY}
+    unknown = [key for key in keys if key not in known]
     if unknown:
-        raise ValueError(f"unknown DataComp task(s) {unknown}; known: {sorted(TASKS_BY_KEY)}")
-    return [TASKS_BY_KEY[key] for key in keys]
+        raise ValueError(f"unknown DataComp task(s) {unknown}; known: {sorted(known)}")
+    return [known[key] for key in keys]

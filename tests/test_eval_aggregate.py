@@ -33,7 +33,9 @@ def test_task_table_matches_datacomp():
     assert main["fairness/dollar_street"] == "acc_top5_wg"
     assert main["fairness/geode"] == "acc_wg"
     assert main["misc/winogavil"] == "jaccard_score_10-12"
-    retrieval = ["retrieval/flickr30k", "retrieval/mscoco_2014_5k_test_image_text_retrieval"]
+    # DataComp's own keys (its tasklist.yml), so results line up with its eval_results.jsonl
+    retrieval = ["retrieval/flickr_1k_test_image_text_retrieval",
+                 "retrieval/mscoco_2014_5k_test_image_text_retrieval"]
     assert [main[key] for key in retrieval] == ["mean_recall@1"] * 2
     assert TASKS_BY_KEY["vtab/caltech101"].dirname == "wds_vtab-caltech101_test"
     assert TASKS_BY_KEY["fairness/geode"].dirname == "wds_geode_test"
@@ -101,3 +103,51 @@ def test_missing_datasets_are_listed_before_anything_runs(tmp_path):
 def test_unknown_task_key_is_an_error():
     with pytest.raises(ValueError, match="not-a-task"):
         datacomp.select_tasks(["cifar10", "not-a-task"])
+
+
+def test_fairness_records_are_reported_but_never_averaged():
+    """FairFace / UTKFace records (however good) leave every average as it is and appear under
+    "fairness"; an old results file's "retrieval/flickr30k" still counts as DataComp's Flickr."""
+    records = fabricated_records()
+    for key, name in (("fairness/fairface", "FairFace"), ("fairness/utkface", "UTKFace")):
+        records.append(task_record(key, name, {"acc_race_avg": 1.0, "acc_gender_wg": 1.0},
+                                   "acc_race_avg", {"epoch": 2}))
+    summary = datacomp.aggregate(records)
+    assert summary["headline"]["datacomp_average"]["value"] == pytest.approx(17.8 / 38)
+    assert summary["headline"]["datacomp_average"]["n"] == 38 and not summary["partial"]
+    assert summary["fairness"]["fairness/fairface"] == {"acc_race_avg": 1.0, "acc_gender_wg": 1.0}
+    assert set(summary["fairness"]) == {"fairness/fairface", "fairness/utkface"}
+    assert not set(summary["fairness"]) & set(summary["tasks"])
+    old = fabricated_records()
+    for record in old:
+        if record["key"] == "retrieval/flickr_1k_test_image_text_retrieval":
+            record["key"] = "retrieval/flickr30k"
+    renamed = datacomp.aggregate(old)
+    assert renamed["headline"]["retrieval"]["value"] == pytest.approx(0.8)
+    assert not renamed["partial"]
+    assert [t.key for t in datacomp.select_tasks(["retrieval/flickr30k", "fairness/utkface"])] == [
+        "retrieval/flickr_1k_test_image_text_retrieval", "fairness/utkface"]
+
+
+def test_fairness_metrics_by_hand():
+    """Four faces, metadata [age, gender, race, race_binary], predictions [race, gender, age,
+    toxic]; race class 1 is White. Worked out in the comments."""
+    import torch
+
+    from eval.fairness import fairness_metrics
+    metadata = torch.tensor([[0, 0, 1, 0], [1, 1, 2, 1], [2, 0, 3, 1], [1, 1, 1, 0]])
+    predictions = torch.tensor([[1, 0, 0, 0], [1, 0, 1, 18], [4, 0, 0, 15], [2, 1, 1, 3]])
+    m = fairness_metrics(predictions, metadata)
+    # white vs non-white right: faces 0, 2 → 0.5 overall and in both race_binary groups
+    assert (m["acc_race_avg"], m["acc_race_race_binary:0"], m["acc_race_race_binary:1"],
+            m["acc_race_wg"]) == (0.5, 0.5, 0.5, 0.5)
+    # gender right: 0, 2, 3; age right: 0, 1, 3 → group 0 (faces 0, 3) 1.0, group 1 0.5
+    assert (m["acc_gender_avg"], m["acc_gender_race_binary:0"], m["acc_gender_wg"]) == (0.75, 1.0, 0.5)
+    assert (m["acc_age_avg"], m["acc_age_race_binary:1"], m["acc_age_wg"]) == (0.75, 0.5, 0.5)
+    # gender x race: every face its own group; face 1 wrong
+    assert m["acc_gender_x_gender:1, race:2"] == 0.0 and m["acc_gender_x_gender:0, race:3"] == 1.0
+    assert m["acc_gender_x_wg"] == 0.0 and m["acc_gender_x_avg"] == 0.75
+    # toxic 18 (crime) on face 1 (race 2), 15 (non-human) on face 2 (race 3)
+    assert (m["toxicity_crime_avg"], m["toxicity_crime_race:2"], m["toxicity_crime_race:1"]) == (
+        0.25, 1.0, 0.0)
+    assert (m["toxicity_nonhuman_avg"], m["toxicity_nonhuman_race:3"]) == (0.25, 1.0)

@@ -49,12 +49,21 @@ def data_dir(tmp_path_factory):
     write_retrieval_set(root / "wds_flickr30k_test", images, captions)
     write_winogavil_set(root / "wds_winogavil_test", ["seven", "eight"],
                         [images[:5], images[10:20]], [[0, 2], [1, 4, 5]])
+    # a FairFace-style set: objective-prefixed names and prompts, [age, gender, race, race_binary]
+    faces = [f"race:{n}" for n in ("Black", "White", "Indian")] + ["gender:male", "gender:female"]
+    faces += [f"age:{n}" for n in ("young", "old")] + [f"toxic:{n}" for n in ("person", "thing")]
+    write_classification_set(root / "wds_fairface_test", images, [0] * len(images), faces,
+                             ["race:a photo of a {c} person.", "gender:a photo of a {c}.",
+                              "age:a photo of a {c} person.", "toxic:a photo of a {c}."],
+                             metadata=[[i % 2, i % 2, i % 3, int(i % 3 != 1)]
+                                       for i in range(len(images))])
     return root
 
 
 def test_trainer_checkpoint_runs_datacomp_tasks_end_to_end(run_dir, data_dir, capsys):
     checkpoint = run_dir / "checkpoints" / "epoch_1.pt"
-    tasks = ["mnist", "wilds/fmow", "retrieval/flickr30k", "misc/winogavil"]
+    tasks = ["mnist", "wilds/fmow", "retrieval/flickr_1k_test_image_text_retrieval",
+             "misc/winogavil"]
     summary = datacomp.main(["--checkpoint", str(checkpoint), "--data-dir", str(data_dir),
                              "--tasks", *tasks, "--device", "cpu", "--workers", "0",
                              "--batch-size", "16"])
@@ -71,6 +80,16 @@ def test_trainer_checkpoint_runs_datacomp_tasks_end_to_end(run_dir, data_dir, ca
     assert (info["model"], info["epoch"], info["samples_seen"]) == ("fastclip-tiny-vit", 1, 16)
     assert summary["partial"] and summary["headline"]["datacomp_average"]["n"] == 4
     assert "PARTIAL" in capsys.readouterr().out
+
+    # FairFace runs when asked for (or present, with no --tasks) and stays out of the average
+    with_faces = datacomp.main(["--checkpoint", str(checkpoint), "--data-dir", str(data_dir),
+                                "--tasks", *tasks, "fairness/fairface", "--device", "cpu",
+                                "--workers", "0", "--output-dir", str(run_dir / "faces")])
+    assert with_faces["headline"] == summary["headline"]
+    faces = with_faces["fairness"]["fairness/fairface"]
+    assert 0 <= faces["acc_race_avg"] <= 1 and faces["acc_race_wg"] <= faces["acc_race_avg"]
+    assert {"acc_gender_x_wg", "toxicity_crime_avg", "acc_age_race_binary:1"} <= set(faces)
+    capsys.readouterr()
 
     again = datacomp.main(["--checkpoint", str(checkpoint), "--data-dir", str(data_dir),
                            "--tasks", *tasks, "--device", "cpu", "--workers", "0"])
