@@ -39,6 +39,7 @@ is_positive_int() { [[ "$1" =~ ^[1-9][0-9]*$ ]]; }
 # AdamW betas/eps are OpenCLIP's per-architecture defaults, written out so the command shows them.
 use_scale() {
     SCALE=$1
+    PUB_LR_MIN=""   # a floor of the cosine lr, where the published run had one
     case "$SCALE" in
         medium)
             DATA_SUBDIR=cc3m SHARDS='{00000..00331}.tar'
@@ -55,14 +56,13 @@ use_scale() {
             PUB_GAMMA_MIN=0.2 PUB_GAMMA_DECAY_EPOCHS=16 PUB_FASTCLIP_EPS=1e-14
             PUB_V3_LR_TAU=1e-4 PUB_V3_RHO=8.5 ;;
         xlarge)
-            # The published run's cosine lr ended at 4e-5; OpenCLIP 3.3.0's cosine schedule has
-            # no floor flag, so this one ends at 0 (see the README's note on xlarge).
+            # The published run's cosine lr ended at 4e-5 (OpenCLIP's alone decays to 0): --lr-min.
             DATA_SUBDIR=laion400m SHARDS='{00000..41407}.tar'
             PUB_DATA_SIZE=414080000 PUB_NUM_SAMPLES=315658316
             PUB_MODEL=ViT-B-16 PUB_GLOBAL_BATCH=5120 PUB_EPOCHS=30
             PUB_LR=2e-4 PUB_WD=0.2 PUB_WARMUP=13200 PUB_BETA1=0.9 PUB_BETA2=0.98 PUB_EPS=1e-6
             PUB_GAMMA_MIN=0.8 PUB_GAMMA_DECAY_EPOCHS=10 PUB_FASTCLIP_EPS=1e-6
-            PUB_V3_LR_TAU=5e-5 PUB_V3_RHO=16.0 ;;
+            PUB_V3_LR_TAU=5e-5 PUB_V3_RHO=16.0 PUB_LR_MIN=4e-5 ;;
         *) die "unknown scale '$SCALE' (medium, large or xlarge)" ;;
     esac
 }
@@ -232,6 +232,7 @@ common_flags() {
         --precision "$precision" --workers "${WORKERS:-6}" --seed "${SEED:-2024}"
         --save-frequency 1 --logs "${LOGS:-./logs}" --name "$RUN_NAME"
     )
+    [[ -n "${PUB_LR_MIN:-}" ]] && COMMON+=(--lr-min "$PUB_LR_MIN")
     [[ -n "${DEVICE:-}" ]] && COMMON+=(--device "$DEVICE")
     return 0
 }
@@ -285,12 +286,13 @@ fastclip_main() {
         --fastclip --fastclip-version "$version" --data-size "$DATA_SIZE_VALUE"
         --gamma-min "$PUB_GAMMA_MIN" --gamma-decay-epochs "$PUB_GAMMA_DECAY_EPOCHS"
         --fastclip-eps "$PUB_FASTCLIP_EPS"
+        # The published ρ, lr_τ and lr were tuned under the reference implementation's loss
+        # (½ scale, v0/v3's doubled τ·∂g/u term, v2's weighting, shifted ε and Adam;
+        # docs/algorithm.md §9); our default, `exact`, would need them re-tuned.
+        --fcco-mode reference
     )
     if [[ "$version" == v3 ]]; then
-        # The published ρ were tuned with the reference implementation's τ-gradient, which
-        # double-counts the τ·∂g/u term (docs/algorithm.md §3); our default, `exact`, would need
-        # re-tuned ρ. `--tau-grad reference` reproduces the published runs.
-        flags+=(--lr-tau "$PUB_V3_LR_TAU" --rho "$PUB_V3_RHO" --tau-grad reference)
+        flags+=(--lr-tau "$PUB_V3_LR_TAU" --rho "$PUB_V3_RHO")
     fi
     launch "${COMMON[@]}" "${flags[@]}" "$@"
 }

@@ -31,7 +31,17 @@ PUBLISHED = {
                    num_samples=315_658_316, model="ViT-B-16", nodes=4, gpus=4, batch=5120,
                    epochs=30, lr=2e-4, wd=0.2, warmup=13_200, lr_tau=5e-5, rho=16.0,
                    gamma_min=0.8, gamma_decay=10, fastclip_eps=1e-6, betas=(0.9, 0.98),
-                   adam_eps=1e-6),
+                   adam_eps=1e-6, lr_min=4e-5),
+}
+# The paper's presets (docs/algorithm.md §4), written out here rather than read from
+# versions.py: τ₀, ρ, lr_τ (None: the model's lr), γ schedule.
+PAPER_PRESETS = {
+    "v0": dict(temperature=0.07, rho=0.0, lr_tau=None, gamma_schedule="cosine"),
+    "v1": dict(temperature=0.07, rho=0.0, lr_tau=None, gamma_schedule="cosine"),
+    "v2": dict(temperature=0.03, rho=7.0, lr_tau=0.0133, gamma_schedule="cosine"),
+    "v3": dict(temperature=0.07, rho=6.5, lr_tau=2e-4, gamma_schedule="cosine"),
+    "sogclr": dict(temperature=0.07, rho=0.0, lr_tau=None, gamma_schedule="constant"),
+    "isogclr": dict(temperature=0.01, rho=6.0, lr_tau=0.01, gamma_schedule="constant"),
 }
 SEED, WORKERS = 2024, 6
 LAUNCHERS = ("torchrun", "torchrun-multinode", "srun", "horovodrun")
@@ -151,6 +161,8 @@ def assert_common(values, scale, nodes, gpus, name):
     assert values["--opt"] == "adamw" and values["--lr-scheduler"] == "cosine"
     assert int(values["--seed"]) == SEED and int(values["--workers"]) == WORKERS
     assert values["--save-frequency"] == "1" and values["--name"] == name
+    # the published xlarge cosine ended at 4e-5; the others decay to 0 as OpenCLIP's does
+    assert float(values.get("--lr-min", 0.0)) == pub.get("lr_min", 0.0)
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
@@ -168,7 +180,7 @@ def test_fastclip_v3_command_has_the_published_settings(scale, launcher):
     assert float(values["--gamma-min"]) == pub["gamma_min"]
     assert int(values["--gamma-decay-epochs"]) == pub["gamma_decay"]
     assert float(values["--fastclip-eps"]) == pub["fastclip_eps"]
-    assert values["--tau-grad"] == "reference"  # the published ρ were tuned for it
+    assert values["--fcco-mode"] == "reference"  # the published ρ were tuned under it
     assert "--local-loss" not in values
 
 
@@ -184,7 +196,7 @@ def test_openclip_baseline_matches_fastclip_but_for_the_loss(scale, launcher):
     values = flag_values(assert_launcher(b_launch, b_flags, launcher, nodes, gpus))
     assert_common(values, scale, nodes, gpus, f"{scale}_openclip")
     assert values["--local-loss"] is True and values["--gather-with-grad"] is True
-    assert not any(flag.startswith(("--fastclip", "--rho", "--gamma", "--tau", "--lr-tau"))
+    assert not any(flag.startswith(("--fastclip", "--fcco", "--rho", "--gamma", "--tau", "--lr-tau"))
                    for flag in values)
     f_values = flag_values(assert_launcher(f_launch, f_flags, launcher, nodes, gpus))
     shared = {k: v for k, v in f_values.items() if k in values and k != "--name"}
@@ -200,8 +212,6 @@ def parse_trainer(flags):
 
 @pytest.mark.parametrize("version", ["v0", "v1", "v2", "v3", "sogclr", "isogclr"])
 def test_version_switch_keeps_the_scale_and_uses_the_preset(version):
-    from open_clip_patch.params import preset as preset_of
-
     pub = PUBLISHED["medium"]
     _, flags = split_command(dry_run("medium.sh", "torchrun", 1, 8, VERSION=version))
     values = flag_values(flags[1:])
@@ -213,14 +223,17 @@ def test_version_switch_keeps_the_scale_and_uses_the_preset(version):
     assert (args.gamma_min, args.gamma_decay_epochs) == (pub["gamma_min"], pub["gamma_decay"])
     assert args.fastclip_eps == pub["fastclip_eps"]
     assert (args.batch_size, args.lr, args.epochs) == (128, pub["lr"], pub["epochs"])
+    # every version reproduces the published runs in the reference implementation's mode
+    assert values["--fcco-mode"] == "reference" and args.fcco_mode == "reference"
+    paper = PAPER_PRESETS[version]
+    assert args.gamma_schedule == paper["gamma_schedule"]
+    assert args.temperature == paper["temperature"]
     if version == "v3":
-        assert (args.rho, args.lr_tau, args.tau_grad) == (pub["rho"], pub["lr_tau"], "reference")
-    else:  # the preset's own ρ / lr_tau / temperature; our exact τ-gradient
-        preset = preset_of(version)
-        assert not {"--rho", "--lr-tau", "--temperature", "--tau-grad"} & set(values)
-        assert (args.rho, args.temperature) == (preset["rho"], preset["temperature"])
-        assert args.lr_tau == (preset["lr_tau"] if preset["lr_tau"] is not None else pub["lr"])
-        assert args.gamma_schedule == preset["gamma_schedule"] and args.tau_grad == "exact"
+        assert (args.rho, args.lr_tau) == (pub["rho"], pub["lr_tau"])
+    else:  # the preset's own ρ / lr_tau / temperature
+        assert not {"--rho", "--lr-tau", "--temperature"} & set(values)
+        assert args.rho == paper["rho"]
+        assert args.lr_tau == (paper["lr_tau"] if paper["lr_tau"] is not None else pub["lr"])
 
 
 @pytest.mark.parametrize("scale, script",
@@ -231,6 +244,7 @@ def test_commands_parse_in_the_patched_trainer(scale, script):
         args = parse_trainer(flags)
         assert args.batch_size * 8 == PUBLISHED[scale]["batch"]
         assert args.horovod == (launcher == "horovodrun")
+        assert args.lr_min == PUBLISHED[scale].get("lr_min")
 
 
 def test_overrides_and_extra_flags_come_last():
@@ -358,4 +372,4 @@ def test_tiny_large_and_baseline_train_through_the_scripts(digits_shards, tmp_pa
         assert len(losses) == 2 and all(math.isfinite(x) for x in losses), losses
         assert (tmp_path / name / "checkpoints" / "epoch_1.pt").is_file()
         assert ("FastCLIP configuration" in log) == (name == "large_fastclipv3")
-    assert "'tau_grad': 'reference'" in (tmp_path / "large_fastclipv3" / "out.log").read_text()
+    assert "'fcco_mode': 'reference'" in (tmp_path / "large_fastclipv3" / "out.log").read_text()
