@@ -15,9 +15,25 @@ Two layouts (``--fcco-state``, docs/algorithm.md §5):
 The owned rows live in one (rows, C) tensor: reading a batch is a single row gather and a single
 host-to-device copy, and only the batch's rows ever leave the storage device.
 """
+import logging
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
+
+
+def last_occurrences(ids: torch.Tensor, rows: torch.Tensor):
+    """(unique ids, the row of each id's last occurrence, how many rows were dropped): an id met
+    twice in one global batch (resampling, a shard listed twice) has its update defined as the
+    last write, in the gathered order (rank, then position); indexed assignment with duplicate
+    indices is undefined in torch."""
+    unique, inverse = torch.unique(ids, return_inverse=True)
+    dropped = ids.numel() - unique.numel()
+    if dropped == 0:
+        return ids, rows, 0
+    position = torch.arange(ids.numel(), device=ids.device)
+    last = torch.full((unique.numel(),), -1, dtype=torch.long, device=ids.device)
+    last.scatter_reduce_(0, inverse, position, reduce="amax")
+    return unique, rows[last.to(rows.device)], dropped
 
 
 def block_size(data_size: int, world_size: int) -> int:
@@ -65,6 +81,7 @@ class PerSampleState:
         for name, initial in columns.items():
             self.values[:, self._column_index[name]].fill_(initial)
         self.last_shared = None   # sharded: (ids, rows) of the latest step's gather, for checks
+        self.duplicate_ids = 0    # rows dropped because their id came again later in a write
 
     @property
     def sharded(self) -> bool:
@@ -123,7 +140,18 @@ class PerSampleState:
         if rows.shape != (ids.numel(), len(self.columns)):
             raise ValueError(f"expected rows of shape {(ids.numel(), len(self.columns))}, "
                              f"got {tuple(rows.shape)}")
+        ids, rows, dropped = last_occurrences(ids, rows)
+        if dropped:
+            self._count_duplicates(dropped)
         self.values[self._local(ids)] = rows.detach().to(device=self.device, dtype=self.dtype)
+
+    def _count_duplicates(self, dropped: int) -> None:
+        first = self.duplicate_ids == 0
+        self.duplicate_ids += dropped
+        if first or self.duplicate_ids // 1000 > (self.duplicate_ids - dropped) // 1000:
+            logging.warning(f"FCCO state: {self.duplicate_ids} duplicate sample id(s) within a "
+                            f"global batch so far; each id keeps the u of its last occurrence "
+                            f"(docs/algorithm.md §6)")
 
     def _local(self, ids: torch.Tensor) -> torch.Tensor:
         """Row positions of global ids in ``values``; a shard refuses ids it does not own."""

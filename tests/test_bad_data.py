@@ -282,3 +282,53 @@ def test_resume_with_another_source_mapping_is_refused(tmp_path, two_sets):
     with pytest.raises(CheckpointMismatch, match="maps sample ids to sources"):
         run_trainer(tmp_path, "ab", wds(f"{b.pattern}::{a.pattern}", 16, *flags,
                                         "--resume", "latest"), epochs=2)
+
+
+# ---- a duplicate id within one global batch (item 2) ----------------------------------------
+def test_a_duplicate_id_keeps_the_u_of_its_last_occurrence():
+    """Decided: the last write (docs/algorithm.md §6). Batch ids (0, 1, 0) must leave id 0 with
+    exactly the u that position 2 alone gives it, i.e. what ids (5, 1, 0) write for id 0."""
+    import torch
+
+    from open_clip_patch.losses import FastCLIPLoss
+
+    torch.manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(3, 8, dtype=torch.float64), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(3, 8, dtype=torch.float64), dim=1)
+    states = []
+    for ids in ([0, 1, 0], [5, 1, 0]):
+        loss = FastCLIPLoss(version="v1", data_size=8, state_dtype=torch.float64)
+        loss.gamma = 0.6
+        loss(image, text, torch.tensor(1 / 0.07), torch.tensor(ids))
+        states.append(loss.state)
+    duplicated, distinct = states
+    assert duplicated.duplicate_ids == 1 and distinct.duplicate_ids == 0
+    for name in ("log_u_image", "log_u_text"):
+        assert torch.equal(duplicated.column(name)[0], distinct.column(name)[0])
+        assert torch.isfinite(duplicated.column(name)[0])
+        assert not torch.equal(duplicated.column(name)[0], distinct.column(name)[5])  # not pos 0
+
+
+@pytest.mark.timeout(300)
+def test_a_duplicate_id_in_a_batch_is_counted_and_warned_about(tmp_path):
+    import json
+
+    import webdataset
+
+    shards = write_digits_shards(tmp_path / "d", num_shards=1, num_samples=16)
+    source = str(shards.paths[0])
+    samples = list(webdataset.WebDataset(source, shardshuffle=False))
+    doubled = tmp_path / "dup" / "00000.tar"
+    doubled.parent.mkdir()
+    with webdataset.TarWriter(str(doubled)) as sink:
+        for index, sample in enumerate(samples):
+            meta = json.loads(sample["json"])
+            if index == 1:    # the second sample claims the first one's id
+                meta["key"] = json.loads(samples[0]["json"])["key"]
+            sink.write({"__key__": sample["__key__"], "png": sample["png"], "txt": sample["txt"],
+                        "json": json.dumps(meta).encode()})
+    # batch 16 = the whole shard, so both samples of the id meet in every batch
+    result = run_trainer(tmp_path, "dup", wds(str(doubled), 32, "--fastclip", "--data-size",
+                                              "100"), batch_size=16)
+    counts = [int(n) for n in re.findall(r"FCCO state: (\d+) duplicate sample id", result.log_text)]
+    assert counts and counts[0] == 1   # the first is reported at once (then once per 1000)
