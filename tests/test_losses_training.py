@@ -46,3 +46,34 @@ def test_two_steps_on_digits_lower_the_loss(version):
                 model.logit_scale.clamp_(0, math.log(100))
     assert all(math.isfinite(v) for v in values)
     assert values[2] < values[1] < values[0], values
+
+
+def test_trainer_sets_gamma_and_epoch_of_every_step_like_the_cosine_recursion(tmp_path,
+                                                                              monkeypatch):
+    """A 3-epoch synthetic run (4 steps an epoch, --gamma-per-step, cosine over 2 epochs to
+    γ_min 0.3): the loss sees, at each step, the epoch and γ written out here from the paper's
+    formula, γ = 1 in epoch 0, ½(1+cos(π·(e + i/4)/2))·0.7 + 0.3 while e + i/4 < 2, then 0.3."""
+    from trainer_utils import run_trainer
+
+    seen = []
+    original = FastCLIPLoss.forward
+
+    def recording(self, *args, **kwargs):
+        seen.append((self.epoch, self.gamma))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(FastCLIPLoss, "forward", recording)
+    run_trainer(tmp_path, "gamma", ["--dataset-type", "synthetic", "--train-num-samples", "32",
+                                    "--fastclip", "--fastclip-version", "v1",
+                                    "--gamma-min", "0.3", "--gamma-schedule", "cosine",
+                                    "--gamma-decay-epochs", "2", "--gamma-per-step"],
+                epochs=3)
+    expected = []
+    for epoch in range(3):
+        for step in range(4):
+            progress = epoch + step / 4
+            gamma = (1.0 if epoch == 0 else 0.3 if progress >= 2 else
+                     0.5 * (1 + math.cos(math.pi * progress / 2)) * 0.7 + 0.3)
+            expected.append((epoch, gamma))
+    assert [e for e, _ in seen] == [e for e, _ in expected]
+    assert [g for _, g in seen] == pytest.approx([g for _, g in expected], abs=1e-12)

@@ -100,3 +100,36 @@ def test_table_records_are_consistent():
                 lr_tau_scheduler="const", gamma_schedule="cosine", gamma_min=0.2)
     assert VERSIONS["v3"].with_overrides(rho=None, lr_tau=1e-4).lr_tau == 1e-4
     assert math.isclose(VERSIONS["v3"].with_overrides(rho=None).rho, 6.5)
+
+
+def test_every_loss_flag_reaches_the_loss_with_non_default_values():
+    """Each FastCLIP flag set to a non-default value on the trainer's own parser shows up in
+    the FastCLIPLoss that params.loss_kwargs builds (and γ's flags in the trainer's schedule)."""
+    from open_clip_train.params import parse_args
+
+    from open_clip_patch.losses import FastCLIPLoss
+    from open_clip_patch.params import loss_kwargs
+    from open_clip_patch.schedules import GammaSchedule
+
+    args = parse_args(["--model", "RN50", "--fastclip", "--fastclip-version", "v2",
+                       "--data-size", "37", "--rho", "3.25", "--fastclip-eps", "1e-9",
+                       "--temperature", "0.05", "--lr-tau", "0.021", "--fcco-mode", "reference",
+                       "--beta1", "0.8", "--beta2", "0.95", "--eps", "1e-7",
+                       "--fcco-state", "replicated", "--gamma-min", "0.35",
+                       "--gamma-schedule", "constant", "--gamma-decay-epochs", "5",
+                       "--gamma-per-step"])
+    loss = FastCLIPLoss(**loss_kwargs(args))
+    assert (loss.spec.rho, loss.eps, loss.spec.temperature) == (3.25, 1e-9, 0.05)
+    assert (loss.lr_tau, loss.fcco_mode, loss.tau_betas, loss.tau_eps) == (
+        0.021, "reference", (0.8, 0.95), 1e-7)
+    assert loss.state.data_size == 37 and not loss.state.sharded
+    assert bool((loss.state.column("tau_image") == 0.05).all())
+    schedule = GammaSchedule(args.gamma_schedule, args.gamma_min, args.gamma_decay_epochs,
+                             per_step=args.gamma_per_step)
+    assert (schedule.kind, schedule.gamma_min, schedule.decay_epochs, schedule.per_step) == (
+        "constant", 0.35, 5, True)
+    # the old flag name still sets the mode; a scheme override reaches the loss
+    old = parse_args(["--model", "RN50", "--fastclip", "--fastclip-version", "v3",
+                      "--tau-grad", "reference", "--temperature-scheme", "global-constant"])
+    loss = FastCLIPLoss(**loss_kwargs(old, data_size=9))
+    assert loss.fcco_mode == "reference" and not loss.learnable_global_tau
