@@ -25,7 +25,7 @@ def wds(pattern, num_samples, *extra):
             "--train-num-samples", str(num_samples), *extra]
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)   # the spinning cases: seconds, not a hang
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_every_id_out_of_range_and_skipped_stops_naming_the_shard(tmp_path, caplog, workers):
     shards = write_digits_shards(tmp_path / "d", num_shards=2, num_samples=40)
@@ -41,7 +41,7 @@ def test_every_id_out_of_range_and_skipped_stops_naming_the_shard(tmp_path, capl
     assert len(warnings) <= 1   # rate-limited: the first skip, then one line per 1000
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(30)   # the spinning cases: seconds, not a hang
 @pytest.mark.parametrize("method, resampled", [("openclip", False), ("fastclip", False),
                                                ("openclip", True), ("fastclip", True)])
 def test_only_empty_tars_stop_instead_of_waiting_forever(tmp_path, method, resampled):
