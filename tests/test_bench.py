@@ -16,9 +16,9 @@ def test_step_time_and_memory_figures(tmp_path):
     assert set(step["loss_alone_s"]) == {"openclip", "fastclip-v3", "fastclip-v2"}
     assert step["whole_step_ratio_v3"] > 0 and step["loss_alone_ratio_v2"] > 0
     rows = results["state_memory"]["per_rank"]
-    # float32 columns: log u for both sides; RGCL adds τ and Adam's two moments per side
+    # float32 columns: log u for both sides; v2 adds τ, Adam's two moments and its count per side
     assert rows["LAION-400M/global-tau"]["reported_bytes"] == 414_080_000 * 2 * 4
-    assert rows["LAION-400M/individual-tau"]["reported_bytes"] == 414_080_000 * 8 * 4
+    assert rows["LAION-400M/individual-tau"]["reported_bytes"] == 414_080_000 * 10 * 4
     for kind in ("global-tau", "individual-tau"):
         row = rows[f"CC3M/{kind}"]
         assert 0.9 < row["measured_rss_growth_bytes"] / row["reported_bytes"] < 1.1
@@ -48,6 +48,6 @@ def test_sharded_state_memory_figure_measures_one_block_per_rank():
     rows = figure["per_rank"]
     for world in (1, 2, 4):
         sharded = rows[f"K={world}/sharded"]
-        assert sharded["reported_bytes"] == -(-1_000_000 // world) * 8 * 4   # v2: 8 columns
+        assert sharded["reported_bytes"] == -(-1_000_000 // world) * 10 * 4   # v2: 10 columns
         assert 0.9 < sharded["measured_rss_growth_bytes"] / sharded["reported_bytes"] < 1.1
-        assert rows[f"K={world}/replicated"]["reported_bytes"] == 1_000_000 * 8 * 4
+        assert rows[f"K={world}/replicated"]["reported_bytes"] == 1_000_000 * 10 * 4

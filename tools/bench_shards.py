@@ -1,7 +1,7 @@
 """`make bench` figures of the sharded FCCO state (--fcco-state sharded vs replicated).
 
   5. FCCO state bytes per rank, measured as RSS growth while rank 0's state is built (CC3M,
-     v2's 8 columns: the largest table), K = 1, 2, 4, sharded vs replicated; goal ≤ 1/K + 5%.
+     v2's 10 columns: the largest table), K = 1, 2, 4, sharded vs replicated; goal ≤ 1/K + 5%.
   6. bytes each rank sends per step with sharding minus without (rank 0's traffic meter), and
      the step time sharded / replicated, 2 and 4 gloo ranks (torchrun, tiny model, synthetic
      data); runs interleaved (sharded, replicated, sharded, …), medians of the per-run medians
