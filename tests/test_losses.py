@@ -344,26 +344,33 @@ class TinyEncoders:
         return grads
 
 
-def run_ranks(world_size, losses, replicas, x_img, x_txt, ids):
-    b = len(ids) // world_size
-    results, errors = [None] * world_size, []
+def on_ranks(losses, work):
+    """``work(r, loss)`` for every simulated rank in its own thread (the gathers block);
+    returns the results in rank order and re-raises the first error."""
+    results, errors = [None] * len(losses), []
 
     def worker(r):
-        part = slice(r * b, (r + 1) * b)
         try:
-            results[r] = TinyEncoders.step(losses[r], replicas[r], x_img[part], x_txt[part],
-                                           ids[part])
+            results[r] = work(r, losses[r])
         except Exception as error:   # surfaced in the main thread below
             errors.append(error)
             losses[r].comm.group.barrier.abort()
 
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world_size)]
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(len(losses))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     if errors:
         raise errors[0]
+    return results
+
+
+def run_ranks(world_size, losses, replicas, x_img, x_txt, ids):
+    b = len(ids) // world_size
+    parts = [slice(r * b, (r + 1) * b) for r in range(world_size)]
+    results = on_ranks(losses, lambda r, loss: TinyEncoders.step(
+        loss, replicas[r], x_img[parts[r]], x_txt[parts[r]], ids[parts[r]]))
     return [torch.stack(per_rank).mean(0) for per_rank in zip(*results)]
 
 

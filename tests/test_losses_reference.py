@@ -6,13 +6,12 @@ no square root, no τᵢ prefactor, the updated τ in the negative part, ½[anch
     python -m pytest -q tests/test_losses_reference.py
 """
 import math
-import threading
 
 import pytest
 import torch
 
 from test_losses import (EPS, F64, ThreadComm, ThreadGroup, assert_close, inner_functions,
-                         make_loss, unit_rows)
+                         make_loss, on_ranks, unit_rows)
 
 SIDES = ("image", "text")
 
@@ -99,27 +98,10 @@ class ReferenceV2:
 
 
 def run_rank_losses(losses, img, txt, ids):
-    """Each simulated rank's loss on its slice (threads, since the gathers block)."""
-    world = len(losses)
-    b = img.shape[0] // world
-    outputs, errors = [None] * world, []
-
-    def worker(r):
-        part = slice(r * b, (r + 1) * b)
-        try:
-            outputs[r] = losses[r](img[part], txt[part], None, ids[part])
-        except Exception as error:   # surfaced below
-            errors.append(error)
-            losses[r].comm.group.barrier.abort()
-
-    threads = [threading.Thread(target=worker, args=(r,)) for r in range(world)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
-    return outputs
+    """Each simulated rank's loss on its slice."""
+    b = img.shape[0] // len(losses)
+    parts = [slice(r * b, (r + 1) * b) for r in range(len(losses))]
+    return on_ranks(losses, lambda r, loss: loss(img[parts[r]], txt[parts[r]], None, ids[parts[r]]))
 
 
 def v2_losses(world, data_size, **kwargs):
