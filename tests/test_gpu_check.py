@@ -100,3 +100,18 @@ def test_the_emulated_pinned_state_path_runs_here_unpinned():
     # on CUDA the tables are pinned; the gather, copies and scatter are the same calls
     seconds = gpu_check.pinned_rows_cost(torch.device("cpu"), gpu_check.SIZES["tiny"], repeats=1)
     assert 0 < seconds < 1
+
+
+def test_a_failing_section_is_recorded_and_the_others_still_run(tmp_path, monkeypatch, capsys):
+    def broken(device, size):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(gpu_check, "cost", broken)
+    status = gpu_check.main(["--device", "cpu", "--tiny", "--out", str(tmp_path),
+                             "--sections", "cost,state_path"])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert status == 1 and results["passed"] is False
+    assert results["cost"]["error"].startswith("RuntimeError: CUDA error")
+    assert results["state_path"]["loss_step_s"]["fastclip-v3"] > 0
+    table = capsys.readouterr().out
+    assert "3. cost: ERROR RuntimeError" in table and "1. correctness: not run" in table

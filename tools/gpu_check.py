@@ -34,6 +34,7 @@ import platform
 import statistics
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -477,20 +478,25 @@ def fmt_bytes(value):
     return "n/a (cpu)" if value is None else f"{value / 2**30:.2f} GiB"
 
 
-def table(results):
-    lines = [f"gpu_check on {results['environment'].get('gpu', results['environment']['device'])}"
-             f" (torch {results['environment']['torch']}, size {results['size']})", ""]
-    lines.append("1. correctness vs CPU float64: version inputs | loss grad state rel. err | ok")
-    for r in results["correctness"]:
+def correctness_lines(rows):
+    lines = ["1. correctness vs CPU float64: version inputs | loss grad state rel. err | ok"]
+    for r in rows:
         lines.append(f"   {r['version']:8s} {r['inputs']:12s} | {r['loss']:.1e} {r['grad']:.1e} "
                      f"{r['state']:.1e} | {'ok' if r['passed'] else 'FAIL'}")
-    lines.append("2. training smoke, amp_bf16: method | first-10 mean -> last-10 mean | ok")
-    for r in results["smoke"]:
+    return lines
+
+
+def smoke_lines(rows):
+    lines = ["2. training smoke, amp_bf16: method | first-10 mean -> last-10 mean | ok"]
+    for r in rows:
         lines.append(f"   {r['method']:12s} | {r['first10_mean']:.4f} -> {r['last10_mean']:.4f}"
                      f" | {'ok' if r['passed'] else 'FAIL'}")
-    c = results["cost"]
-    lines.append(f"3. cost, {c['model']} b={c['batch']} amp_bf16: method | step | samples/s | "
-                 f"peak | loss alone")
+    return lines
+
+
+def cost_lines(c):
+    lines = [f"3. cost, {c['model']} b={c['batch']} amp_bf16: method | step | samples/s | "
+             f"peak | loss alone"]
     for name in ("openclip", "fastclip-v3"):
         lines.append(f"   {name:12s} | {fmt_s(c['step_s'][name]['median'])} | "
                      f"{c['samples_per_s'][name]:.0f} | {fmt_bytes(c['peak_bytes'][name])} | "
@@ -499,17 +505,75 @@ def table(results):
     lines.append(f"   ratios v3/OpenCLIP: step {c['step_time_ratio']:.3f} (goal ≤ "
                  f"{GOALS['step_time_ratio']}), peak {peak} (goal ≤ {GOALS['peak_memory_ratio']})"
                  f", loss alone {c['loss_alone_ratio']:.2f}")
-    s = results["state_path"]
+    return lines
+
+
+def state_path_lines(s):
     rows = ", ".join(f"{k} {fmt_s(v)}" for k, v in s["row_read_write_s"].items())
     steps = ", ".join(f"{k} {fmt_s(v)}" for k, v in s["loss_step_s"].items())
-    lines.append(f"4. state path ({s['state_bytes'] / 2**20:.1f} MiB, default {s['default_location']})"
-                 f": rows read+write {rows}; loss step {steps}; favoured: {s['favoured']}")
-    k = results["compile"]
-    lines.append(f"5. torch.compile ({k['backend']}): loss rel err {k['loss_rel_err']:.1e}, weights "
-                 f"{k['weight_rel_err']:.1e} (tolerance {k['tolerance']:.0e}), "
-                 f"{k['seconds_with_compilation']:.0f} s | {'ok' if k['passed'] else 'FAIL'}")
+    return [f"4. state path ({s['state_bytes'] / 2**20:.1f} MiB, default {s['default_location']})"
+            f": rows read+write {rows}; loss step {steps}; favoured: {s['favoured']}"]
+
+
+def compile_lines(k):
+    return [f"5. torch.compile ({k['backend']}): loss rel err {k['loss_rel_err']:.1e}, weights "
+            f"{k['weight_rel_err']:.1e} (tolerance {k['tolerance']:.0e}), "
+            f"{k['seconds_with_compilation']:.0f} s | {'ok' if k['passed'] else 'FAIL'}"]
+
+
+SECTION_LINES = {"correctness": correctness_lines, "smoke": smoke_lines, "cost": cost_lines,
+                 "state_path": state_path_lines, "compile": compile_lines}
+
+
+def table(results):
+    env = results["environment"]
+    lines = [f"gpu_check on {env.get('gpu', env['device'])} (torch {env['torch']}, "
+             f"size {results['size']})", ""]
+    for number, key in enumerate(SECTION_LINES, 1):
+        if key not in results:
+            lines.append(f"{number}. {key}: not run")
+        elif "error" in results[key]:
+            lines.append(f"{number}. {key}: ERROR {results[key]['error']}")
+        else:
+            lines += SECTION_LINES[key](results[key])
     lines.append(f"all checks passed: {results['passed']} ({results['seconds']['total']:.0f} s)")
     return "\n".join(lines)
+
+
+def checks_passed(results):
+    """Correctness, smoke and compile rows must pass; cost and state path must merely run."""
+    for key in results["sections"]:
+        section = results.get(key)
+        if isinstance(section, dict) and "error" in section:
+            return False
+        rows = section if isinstance(section, list) else [section]
+        if key in ("correctness", "smoke", "compile") and not all(r["passed"] for r in rows):
+            return False
+    return True
+
+
+def run_sections(device, size, backend, sections, results, out):
+    """Each section in turn; an exception is recorded and the next section still runs, and
+    results.json is rewritten after each, so a run cut short keeps what it measured."""
+    runners = {"correctness": lambda: correctness(device, size),
+               "smoke": lambda: training_smoke(device, size.smoke_batch),
+               "cost": lambda: cost(device, size),
+               "state_path": lambda: state_path(device, size),
+               "compile": lambda: compile_check(device, backend, size.smoke_batch)}
+    seconds = results["seconds"] = {}
+    for key in sections:
+        start = time.perf_counter()
+        if key != "correctness":
+            as_the_trainer_sets(device)
+        try:
+            results[key] = runners[key]()
+        except Exception as error:   # report it, keep the other sections' figures
+            traceback.print_exc()
+            results[key] = {"error": f"{type(error).__name__}: {error}"[:300]}
+        seconds[key] = time.perf_counter() - start
+        print(f"gpu_check: {key} done in {seconds[key]:.1f} s", file=sys.stderr, flush=True)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    seconds["total"] = sum(seconds.values())
 
 
 def main(argv=None):
@@ -517,10 +581,18 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (rehearsal)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU rehearsal)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "gpu_check")
+    parser.add_argument("--sections", default=",".join(SECTION_LINES),
+                        help="comma-separated subset of " + ",".join(SECTION_LINES) +
+                             " (to rerun only what failed)")
     parser.add_argument("--compile-backend", default=None,
                         help="torch.compile backend of section 5 (default: inductor on cuda, "
                              "aot_eager on cpu)")
     args = parser.parse_args(argv)
+    sections = [name for name in args.sections.split(",") if name]
+    unknown = sorted(set(sections) - set(SECTION_LINES))
+    if unknown:
+        parser.exit(2, f"gpu_check: unknown --sections {','.join(unknown)}; choose from "
+                       f"{','.join(SECTION_LINES)}\n")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.exit(2, "gpu_check: --device cuda but torch sees no GPU (use --device cpu --tiny)\n")
@@ -530,23 +602,10 @@ def main(argv=None):
     size = SIZES[size_name]
     backend = args.compile_backend or ("inductor" if device.type == "cuda" else "aot_eager")
     results = {"environment": environment(device), "size": size_name, "sizes": asdict(size),
-               "goals": GOALS}
-    for key, run in (("correctness", lambda: correctness(device, size)),
-                     ("smoke", lambda: training_smoke(device, size.smoke_batch)),
-                     ("cost", lambda: cost(device, size)),
-                     ("state_path", lambda: state_path(device, size)),
-                     ("compile", lambda: compile_check(device, backend, size.smoke_batch))):
-        start = time.perf_counter()
-        if key == "smoke":
-            as_the_trainer_sets(device)
-        results[key] = run()
-        results.setdefault("seconds", {})[key] = time.perf_counter() - start
-        print(f"gpu_check: {key} done in {results['seconds'][key]:.1f} s", file=sys.stderr,
-              flush=True)
-    results["seconds"]["total"] = sum(results["seconds"].values())
-    results["passed"] = (all(r["passed"] for r in results["correctness"] + results["smoke"])
-                         and results["compile"]["passed"])
+               "goals": GOALS, "sections": sections}
     args.out.mkdir(parents=True, exist_ok=True)
+    run_sections(device, size, backend, sections, results, args.out)
+    results["passed"] = checks_passed(results)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
     print(table(results))
     return 0 if results["passed"] else 1
