@@ -50,6 +50,10 @@ def create_loss(args):
         return open_clip.create_loss(args)
     from .losses import FastCLIPLoss
 
+    if args.fcco_state_device == "cuda" and args.fcco_state == "sharded" and args.world_size > 1:
+        # the shards are saved by DCP over a CPU (gloo) mesh, which holds host tensors only
+        raise ValueError("--fcco-state-device cuda needs --fcco-state replicated with more than "
+                         "one rank (sharded state checkpoints hold host tensors)")
     run = run_of(args)
     data_size = run.required_data_size()
     logging.info("FastCLIP configuration: %s", {**params.effective_config(args),

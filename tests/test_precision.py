@@ -106,3 +106,15 @@ def test_fcco_state_device_cuda_needs_a_cuda_device():
     args.device = "cpu"
     assert list(params.validation_errors(args)) == [
         "--fcco-state-device cuda needs --device cuda, got --device cpu"]
+
+
+def test_state_on_the_gpu_with_sharded_state_stops_with_one_line():
+    from open_clip_train.params import parse_args
+
+    from open_clip_patch import hooks
+
+    args = parse_args(["--model", "fastclip-tiny-vit", "--fastclip", "--data-size", "16",
+                       "--device", "cuda", "--fcco-state-device", "cuda"])
+    args.rank, args.world_size, args.distributed = 0, 2, True
+    with pytest.raises(ValueError, match="--fcco-state-device cuda needs --fcco-state replicated"):
+        hooks.create_loss(args)
