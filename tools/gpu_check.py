@@ -478,20 +478,22 @@ def fmt_bytes(value):
     return "n/a (cpu)" if value is None else f"{value / 2**30:.2f} GiB"
 
 
+def checked_rows(title, rows, cells):
+    """A section's title, then one line per row: its cells, then ok or FAIL."""
+    return [title] + [f"   {cells(r)} | {'ok' if r['passed'] else 'FAIL'}" for r in rows]
+
+
 def correctness_lines(rows):
-    lines = ["1. correctness vs CPU float64: version inputs | loss grad state rel. err | ok"]
-    for r in rows:
-        lines.append(f"   {r['version']:8s} {r['inputs']:12s} | {r['loss']:.1e} {r['grad']:.1e} "
-                     f"{r['state']:.1e} | {'ok' if r['passed'] else 'FAIL'}")
-    return lines
+    return checked_rows(
+        "1. correctness vs CPU float64: version inputs | loss grad state rel. err | ok", rows,
+        lambda r: f"{r['version']:8s} {r['inputs']:12s} | {r['loss']:.1e} {r['grad']:.1e} "
+                  f"{r['state']:.1e}")
 
 
 def smoke_lines(rows):
-    lines = ["2. training smoke, amp_bf16: method | first-10 mean -> last-10 mean | ok"]
-    for r in rows:
-        lines.append(f"   {r['method']:12s} | {r['first10_mean']:.4f} -> {r['last10_mean']:.4f}"
-                     f" | {'ok' if r['passed'] else 'FAIL'}")
-    return lines
+    return checked_rows(
+        "2. training smoke, amp_bf16: method | first-10 mean -> last-10 mean | ok", rows,
+        lambda r: f"{r['method']:12s} | {r['first10_mean']:.4f} -> {r['last10_mean']:.4f}")
 
 
 def cost_lines(c):
