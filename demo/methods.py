@@ -20,7 +20,7 @@ class DemoSettings:
     """What every method shares. ``train_num_samples`` None = the whole train split per epoch;
     ``train_pairs`` None = the whole pool's train split in the shards (else a seeded subset)."""
     source: str = "auto"
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 16
     train_num_samples: int = None
     warmup_steps: int = 100
@@ -32,7 +32,7 @@ class DemoSettings:
     train_pairs: int = 12_000
 
 
-# `make demo`: 12,000 pool pairs x 6 passes = 72,000 samples per method (README: why).
+# `make demo`: 12,000 pool pairs x 5 passes = 60,000 samples per method (README: why).
 FULL = DemoSettings()
 # `make demo-study`: the whole pool's train split (25,602 pairs), 8 passes.
 STUDY = DemoSettings(epochs=8, train_pairs=None)

@@ -29,7 +29,7 @@ def quick_demo(tmp_path_factory):
     env = {**os.environ, "DEMO_QUICK": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "2"}
     proc = subprocess.run(["bash", str(REPO / "run_scripts" / "demo.sh"), "--out", str(out),
                            "--methods", "siglip,openclip,fastclip-v3", "--no-progress"],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 
