@@ -70,7 +70,7 @@ METHODS = {
     "fastclip-v3": Method(
         "FastCLIP-v3", tuned=dict(lr=5e-4, gamma_min=0.8),
         grid=dict(lr=[2.5e-4, 5e-4, 1e-3], gamma_min=[0.2, 0.8]), loss_flags=FASTCLIP_V3,
-        fixed=dict(temperature=0.07, rho=6.5, lr_tau=2e-4, tau_grad="exact"),
+        fixed=dict(temperature=0.07, rho=6.5, lr_tau=2e-4, fcco_mode="exact"),
         per_sample_state=True),
     "siglip": Method(
         "SigLIP", tuned=dict(lr=1e-3, temperature=0.03),
