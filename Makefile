@@ -14,7 +14,7 @@ SETUP_STAMP := $(VENV)/.setup-done
 PATCH_STAMP := build/.installed-open-clip
 
 .PHONY: help setup horovod patch refresh-patches check-patches test test-fast test-upstream clean \
-        eval eval-imagenet report bench bench-comm demo demo-data demo-study gpu-bundle gpu-check
+        eval eval-imagenet report bench bench-comm demo demo-data demo-study gpu-bundle gpu-check mutate
 
 help:
 	@echo "make setup           venv with pinned torch, deps and Horovod (Gloo, CPU)"
@@ -23,6 +23,7 @@ help:
 	@echo "make check-patches   apply from scratch and prove patches/ is current"
 	@echo "make test            setup + patch + check-patches + pytest (what CI runs)"
 	@echo "make test-upstream   OpenCLIP's heavier offline training tests against the patched tree"
+	@echo "make mutate          mutmut over losses.py, state.py, schedules.py on the fast tests; survivors listed"
 	@echo "make demo            OpenCLIP vs FastCLIP-v3 vs SigLIP on the emoji/icon pool, CPU (DEMO_QUICK=1: fast)"
 	@echo "make demo-data       only the demo's data (pool from npm, rasterised once, cached)"
 	@echo "make demo-study      5 seeds x 6 methods on the whole pool + batch-size curve (hours)"
@@ -78,6 +79,10 @@ test-fast:
 test-upstream: setup patch
 	cd build/open_clip && ../../$(PY) -m pytest -q tests/test_training_simple.py::test_training tests/test_training_simple.py::test_training_unfreezing_vit \
 	  $(PYTEST_ARGS)
+
+# mutation testing of losses.py, state.py, schedules.py on the fast tests (~15 min; not in test)
+mutate: setup patch
+	PYTHON=$(PY) bash tools/mutate.sh
 
 # ---- demo ----------------------------------------------------------------------------------
 # DEMO_QUICK=1 (or DEMO_ARGS=--quick): the digits fallback, two short epochs.

@@ -568,3 +568,18 @@ def test_one_process_single_block_equals_the_anchor_negative_split(version, monk
         results[name] = outs + [loss.state.values.nan_to_num(neginf=0.0)]
     for fast, split in zip(results["fast"], results["split"]):
         assert_close(fast, split, tol=1e-13)
+
+
+def test_reset_threshold_is_strictly_below_1e_35():
+    """The reference resets u < 1e-35: u = 1e-35 itself is mixed, the next float below resets."""
+    from open_clip_patch.losses import LOG_U_RESET_BELOW, log_moving_average
+    at = torch.tensor(LOG_U_RESET_BELOW, dtype=F64)
+    below = torch.nextafter(at, torch.tensor(-math.inf, dtype=F64))
+    log_g = torch.zeros(2, dtype=F64)
+    out = log_moving_average(torch.stack([at, below]), log_g, 0.25)
+    assert out[0].item() == pytest.approx(math.log(0.75 * 1e-35 + 0.25), rel=1e-12)
+    assert out[1].item() == 0.0                      # restarted from g = 1
+    # with the reference's shift b the test applies to u·e^(−b)
+    shifted = log_moving_average(torch.stack([at + 3, below + 3]), log_g, 0.25,
+                                 reset_shift=torch.full((2,), 3.0, dtype=F64))
+    assert shifted[0].item() != 0.0 and shifted[1].item() == 0.0

@@ -118,3 +118,16 @@ def test_lr_floor_follows_the_closed_form_cosine_for_the_baseline():
     assert scheduler(warmup) == pytest.approx(lr, rel=1e-12)
     with pytest.raises(ValueError, match="lr-min"):
         wrap_scheduler(_baseline_args(lr_min=2e-3), upstream, optimizer, None, steps)
+
+
+def test_lr_floor_bounds_are_inclusive():
+    """--lr-min 0 is OpenCLIP's cosine itself; --lr-min = --lr holds the lr after warm-up."""
+    from open_clip_train.scheduler import cosine_lr
+
+    from open_clip_patch.schedules import cosine_lr_with_floor
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    upstream = [cosine_lr(optimizer, 0.1, 2, 10)(s) for s in range(11)]
+    assert [cosine_lr_with_floor(optimizer, 0.1, 2, 10, 0.0)(s) for s in range(11)] == \
+        pytest.approx(upstream, abs=1e-15)
+    assert [cosine_lr_with_floor(optimizer, 0.1, 2, 10, 0.1)(s) for s in range(2, 11)] == \
+        pytest.approx([0.1] * 9, abs=1e-15)
