@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-.venv/bin/python}
+PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")"   # absolute: we cd below
 MUTMUT="$(dirname "$PYTHON")/mutmut"
 if ! "$PYTHON" -c "import mutmut" 2>/dev/null; then
     # a tool, not a dependency of the project: installed into the venv on first use
@@ -19,12 +20,12 @@ cp -r open_clip_patch tests build/mutate/
 cp tools/mutmut.cfg build/mutate/setup.cfg
 find build/mutate -name __pycache__ -prune -exec rm -rf {} +
 cd build/mutate
-OMP_NUM_THREADS=1 "../../$MUTMUT" run --max-children "${MUTATE_JOBS:-2}" > run.log 2>&1 || {
+OMP_NUM_THREADS=1 "$MUTMUT" run --max-children "${MUTATE_JOBS:-2}" > run.log 2>&1 || {
     tail -c 3000 run.log; exit 1; }
-"../../$MUTMUT" results --all true > results.txt
-echo "surviving mutants (inspect one with: cd build/mutate && ../../$MUTMUT show NAME):"
+"$MUTMUT" results --all true > results.txt
+echo "surviving mutants (inspect one with: cd build/mutate && $MUTMUT show NAME):"
 grep -E ": (survived|timeout|no tests)" results.txt || echo "  none"
-"../../$PYTHON" - results.txt <<'PY'
+"$PYTHON" - results.txt <<'PY'
 import collections, sys
 counts = collections.Counter(line.rsplit(": ", 1)[1].strip()
                              for line in open(sys.argv[1]) if ": " in line)
