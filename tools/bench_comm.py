@@ -2,7 +2,8 @@
 
 Runs the patched trainer twice under ``torchrun --standalone --nproc_per_node 2`` on the tiny
 model and synthetic data, with the same flags except the loss: ``--fastclip --fastclip-version
-v3`` against OpenCLIP's ``--local-loss --gather-with-grad``, both with ``--count-communication``.
+v3`` against OpenCLIP's ``--local-loss --gather-with-grad``, both with ``--count-communication``
+(FastCLIP in its default layout at 2 ranks, ``--fcco-state sharded``).
 Each run logs, per epoch, the bytes its collectives sent per step (counted at the collectives, see
 open_clip_patch/traffic.py); this tool reads rank 0's line from each log and prints a table, then
 one JSON line.

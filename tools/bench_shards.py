@@ -13,6 +13,8 @@ import argparse
 import json
 import re
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +39,16 @@ def _fixed_mmap_threshold(nbytes=128 * 1024):
 
 
 def figure_state_memory_sharded(data_size=3_318_333, version="v2"):
+    """Figure 5, measured in a fresh interpreter: in a long-lived process (make bench after
+    other figures, or pytest) freed heap pages are reused and a new table can grow the RSS by
+    nothing."""
+    out = subprocess.run([sys.executable, __file__, "--memory-only", "--data-size",
+                          str(data_size), "--version", version], check=True, text=True,
+                         stdout=subprocess.PIPE, cwd=Path(__file__).parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _measure_state_memory_sharded(data_size, version):
     from bench import measured_rss_growth
     from open_clip_patch.losses import FastCLIPLoss
 
@@ -99,7 +111,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="figure 5 alone, in this (fresh) process")
+    parser.add_argument("--data-size", type=int, default=3_318_333)
+    parser.add_argument("--version", default="v2")
     args = parser.parse_args(argv)
+    if args.memory_only:
+        print(json.dumps(_measure_state_memory_sharded(args.data_size, args.version)))
+        return
     repeats, steps = (1, 5) if args.quick else (args.repeats, args.steps)
     for figure in (figure_state_memory_sharded(), figure_sharding_cost(repeats, steps)):
         print(json.dumps(figure), flush=True)
