@@ -1,6 +1,6 @@
 """The checkpoint folder's files: partial saves left by kills, and the newest loadable checkpoint.
 
-``checkpoint.save_atomically`` writes ``.epoch_N.pt.XXXX.tmp`` and renames it; a job killed
+``checkpoint.save_atomically`` writes ``.epoch_N.pt.<random>.tmp`` and renames it; a job killed
 mid-save left the partial file behind (4 after 4 kills). :func:`remove_partial_saves` deletes
 them before the next save (the hook ``save_checkpoint``; only the saving rank writes them, so no
 other save is in flight). ``--resume latest`` took the newest ``*.pt`` by name; a truncated one
