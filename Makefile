@@ -26,7 +26,7 @@ help:
 	@echo "make mutate          mutmut over losses.py, state.py, schedules.py on the fast tests; survivors listed"
 	@echo "make demo            OpenCLIP vs FastCLIP-v3 vs SigLIP on the emoji/icon pool, CPU (DEMO_QUICK=1: fast)"
 	@echo "make demo-data       only the demo's data (pool from npm, rasterised once, cached)"
-	@echo "make demo-study      5 seeds x 6 methods on the whole pool + batch-size curve (hours)"
+	@echo "make demo-study      5 seeds x 6 methods at the demo's settings + batch-size curve (hours)"
 	@echo "make bench           FastCLIP's cost vs the OpenCLIP baseline (step time, bytes, memory, quality)"
 	@echo "make bench-comm      bytes sent per step, FastCLIP-v3 vs OpenCLIP, 2 gloo ranks"
 	@echo "make gpu-bundle      wheels + patched OpenCLIP for the GPU machine -> build/gpu_bundle/"
@@ -87,7 +87,8 @@ mutate: setup patch
 # ---- demo ----------------------------------------------------------------------------------
 # DEMO_QUICK=1 (or DEMO_ARGS=--quick): the digits fallback, two short epochs.
 # demo-data: only the data (the first build rasterises the pool once, ~6 min, progress bar);
-# demo-study: seeds x methods on the whole pool, then the batch-size curve (hours; STUDY_ARGS).
+# demo-study: seeds x methods at the demo's settings (reusing its runs), then the batch-size
+# curve (hours; STUDY_ARGS).
 demo: setup patch demo-data
 	bash run_scripts/demo.sh $(DEMO_ARGS)
 

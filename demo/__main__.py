@@ -18,7 +18,7 @@ repository root (``bash run_scripts/demo.sh`` does that from anywhere):
     python -m demo tune --jobs 2              # the tuning grids, scored on val_retrieval only
     python -m demo --batch-size 32 --methods openclip,fastclip-v3,fastclip-v1  # a regime
     python -m demo data                       # only the data (make demo-data)
-    python -m demo study --jobs 2             # 5 seeds x 6 methods, whole pool (demo/study.py)
+    python -m demo study --jobs 2             # 5 seeds x 6 methods, the demo's settings
     python -m demo batch-curve --jobs 2       # global batch 16/32/64/128, 3 seeds
 
 Files under ``--out`` (default build/demo): ``data/`` (demo data), ``runs/<method>/`` (OpenCLIP
@@ -38,11 +38,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from demo.methods import DEFAULT_METHODS, FULL, METHODS, QUICK, STUDY
+from demo.methods import DEFAULT_METHODS, FULL, METHODS, QUICK
 from demo.runner import TrainingFailed
 
+# The study trains at `make demo`'s settings into the same directory, so the demo's runs are the
+# study's seed-0 runs and are reused, not trained twice (demo/study.py: same command, kept).
 DEFAULT_OUT = Path("build/demo")
-STUDY_OUT = Path("build/demo-study")   # the whole pool: its own data directory
 
 
 def parse_methods(text):
@@ -67,8 +68,7 @@ def parse_args(argv=None):
     parser.add_argument("command", nargs="?", choices=("run", "tune", "data", "study",
                                                        "batch-curve"), default="run")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"output directory (default {DEFAULT_OUT}; study and batch-curve: "
-                             f"{STUDY_OUT})")
+                        help=f"output directory (default {DEFAULT_OUT}, for every command)")
     parser.add_argument("--quick", action="store_true",
                         default=os.environ.get("DEMO_QUICK", "") not in ("", "0"),
                         help="digits, 2 short epochs (also DEMO_QUICK=1)")
@@ -85,8 +85,8 @@ def parse_args(argv=None):
                         help="override the global batch (regime studies)")
     parser.add_argument("--skip-training", action="store_true",
                         help="evaluate the existing runs under --out/runs and rewrite the report")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="tune, study, batch-curve: trainers run at once")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="trainers at once, one thread each (default 2; tune: 1)")
     parser.add_argument("--seeds", type=parse_seeds, default=None,
                         help="study: comma-separated seeds (default 0-4; batch-curve 0-2)")
     parser.add_argument("--record", type=Path, default=None,
@@ -97,8 +97,7 @@ def parse_args(argv=None):
 
 
 def settings_from_args(args):
-    study = args.command in ("study", "batch-curve")
-    settings = QUICK if args.quick else (STUDY if study else FULL)
+    settings = QUICK if args.quick else FULL
     if args.source:
         settings = replace(settings, source=args.source)
     if args.epochs:
@@ -117,7 +116,8 @@ def main(argv=None):
     from demo.tuning import RECORD_PATH, run_tuning
 
     args = parse_args(argv)
-    args.out = args.out or (STUDY_OUT if args.command in ("study", "batch-curve") else DEFAULT_OUT)
+    args.out = args.out or DEFAULT_OUT
+    args.jobs = args.jobs or (1 if args.command == "tune" else 2)
     settings = settings_from_args(args)
     methods_given = args.methods != list(DEFAULT_METHODS)
     if args.command == "data":
@@ -144,7 +144,7 @@ def main(argv=None):
         run_tuning(args.out, settings, args.methods, args.jobs, record)
     else:
         run_demo(args.out, settings, args.methods, args.skip_training, not args.no_progress,
-                 args.record or RECORD_PATH)
+                 args.record or RECORD_PATH, args.jobs)
     return 0
 
 

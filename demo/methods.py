@@ -32,10 +32,9 @@ class DemoSettings:
     train_pairs: int = 12_000
 
 
-# `make demo`: 12,000 pool pairs x 5 passes = 60,000 samples per method (README: why).
+# `make demo` and `make demo-study`: 12,000 pool pairs x 5 passes = 60,000 samples per method
+# (README: why; the whole pool is `--train-pairs 0`).
 FULL = DemoSettings()
-# `make demo-study`: the whole pool's train split (25,602 pairs), 8 passes.
-STUDY = DemoSettings(epochs=8, train_pairs=None)
 # Where the tuned hyperparameters below were chosen (demo/tuning_record.jsonl): Twemoji alone,
 # 2,691 pairs, 20 epochs at batch 16, the 32 px model. `python -m demo tune` on the pool adds
 # the pool's grid to the record; TUNED_AT then names the pool's settings.

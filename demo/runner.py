@@ -48,7 +48,7 @@ def expected_samples_per_epoch(num_samples, batch_size, workers):
 
 
 def run_trainer(command, run_dir, label, epochs, expected_per_epoch, show_progress=True,
-                env=None):
+                env=None, bar_position=None):
     """Run the trainer in a subprocess, a progress bar fed from its log; -> train.json's dict."""
     from tqdm import tqdm
 
@@ -58,7 +58,8 @@ def run_trainer(command, run_dir, label, epochs, expected_per_epoch, show_progre
     transcript = run_dir.parent / f"{run_dir.name}.trainer.log"
     per_epoch = {}
     bar = tqdm(total=epochs * expected_per_epoch, desc=f"train {label}", unit="sample",
-               unit_scale=True, disable=not show_progress, dynamic_ncols=True, mininterval=0.5)
+               unit_scale=True, disable=not show_progress, dynamic_ncols=True, mininterval=0.5,
+               position=bar_position, leave=bar_position is None)
     started = time.perf_counter()
     with open(transcript, "w") as log, bar:
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -1,14 +1,16 @@
-"""The multi-seed study and the batch-size curve (``make demo-study``): every method over seeds on
-the whole pool, summarised as mean ± 95% CI over seeds (demo/stats.py).
+"""The multi-seed study and the batch-size curve (``make demo-study``): every method over seeds at
+``make demo``'s settings, summarised as mean ± 95% CI over seeds (demo/stats.py).
 
-    python -m demo study --jobs 2                     # 5 seeds x 6 methods, STUDY settings
+    python -m demo study --jobs 2                     # 5 seeds x 6 methods, the demo's settings
     python -m demo study --seeds 0,1 --methods openclip,fastclip-v3 --jobs 2
     python -m demo batch-curve --jobs 2               # batch 16/32/64/128, 3 seeds, OpenCLIP vs v3
     python -m demo study --quick --seeds 0,1          # digits, seconds: what the tests run
 
 Each run lives in ``<out>/runs/b<batch>/seed<seed>/<method>/`` (an OpenCLIP run dir plus
-``eval/epoch_N``); a run whose last checkpoint is evaluated is kept, so a study can be stopped
-and resumed, or extended by seeds and methods. ``--jobs 2`` trains two runs at once with one
+``eval/epoch_N``), the same layout as ``make demo``'s, in the same directory (build/demo): a
+run whose last checkpoint is evaluated and whose recorded command is the one it would run now is
+kept, so the demo's runs are the study's seed 0, and a study can be stopped and resumed, or
+extended by seeds and methods. ``--jobs 2`` trains two runs at once with one
 thread each. The thread count is part of a run's identity: the same seed gives the same numbers
 only at the same OMP_NUM_THREADS (float sums split differently), so every study run uses one
 thread per trainer, ``--jobs`` 1 or 2, and ``study.json`` records it. ``<out>/study.md``,
@@ -16,6 +18,7 @@ thread per trainer, ``--jobs`` 1 or 2, and ``study.json`` records it. ``<out>/st
 """
 import json
 import os
+import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
@@ -48,22 +51,63 @@ def is_complete(run_dir, settings):
     return bool(read_train_record(run_dir)) and last.is_file()
 
 
-def train_and_evaluate(settings, manifest, out_dir, seed, name, eval_sets):
-    """One (method, seed) run: train with a checkpoint per epoch, evaluate every checkpoint."""
+def comparable(command):
+    """A trainer command without what may move with the checkout: the interpreter's, the data's
+    and the logs' paths."""
+    words = list(command)[1:]
+    return [("<path>" if i and words[i - 1] in ("--train-data", "--logs") else word)
+            for i, word in enumerate(words)]
+
+
+def reusable(run_dir, settings, command):
+    """A finished run is kept only if it ran this very command at the study's thread count:
+    a changed hyperparameter or setting retrains it instead of reusing stale numbers."""
+    record = read_train_record(run_dir)
+    return (is_complete(run_dir, settings) and record.get("omp_num_threads") == STUDY_THREADS
+            and comparable(record.get("command", ())) == comparable(command))
+
+
+def train_and_evaluate(settings, manifest, out_dir, seed, name, eval_sets, bar_position=None):
+    """One (method, seed) run: train with a checkpoint per epoch, evaluate every checkpoint.
+    ``bar_position`` set: the trainer's progress bar on that terminal line."""
     seeded = replace(settings, seed=seed)
     run_dir = run_dir_of(out_dir, seeded, seed, name)
-    if is_complete(run_dir, seeded):
-        return run_dir
     num_samples = seeded.train_num_samples or manifest["train"]["num_samples"]
     expected = expected_samples_per_epoch(num_samples, seeded.batch_size, seeded.workers)
     flags = method_flags(name, METHODS[name].tuned, manifest["train"]["id_space"])
     command = trainer_command(seeded, manifest, flags, run_dir.parent, name)
+    if reusable(run_dir, seeded, command):
+        return run_dir
     env = {**os.environ, "OMP_NUM_THREADS": STUDY_THREADS}
     record = run_trainer(command, run_dir, f"{METHODS[name].label} seed {seed}", seeded.epochs,
-                         expected, show_progress=False, env=env)
+                         expected, show_progress=bar_position is not None, env=env,
+                         bar_position=bar_position)
     with EVAL_LOCK:
         evaluate_run(run_dir, eval_sets, record["samples_per_epoch"], name, show_progress=False)
     return run_dir
+
+
+def train_runs(settings, manifest, out_dir, tasks, eval_sets, jobs=1, trainer_bars=False,
+               after_each=None):
+    """Every (seed, method) of ``tasks``, ``jobs`` at a time (one thread each); the trainers'
+    bars, if shown, take one terminal line per job slot. ``after_each()`` runs as each ends."""
+    slots = queue.SimpleQueue()
+    for slot in range(jobs):
+        slots.put(slot)
+
+    def one(seed, name):
+        slot = slots.get()
+        try:
+            return train_and_evaluate(settings, manifest, out_dir, seed, name, eval_sets,
+                                      bar_position=slot if trainer_bars else None)
+        finally:
+            slots.put(slot)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for future in [pool.submit(one, seed, name) for seed, name in tasks]:
+            future.result()
+            if after_each:
+                after_each()
 
 
 def collect(out_dir, settings, names, seeds):
@@ -110,15 +154,13 @@ def run_study(out_dir, settings, names, seeds, jobs=1, show_progress=True):
     manifest = demo_data(out_dir, settings, show_progress)
     eval_sets = EvalSets(manifest["root"], heldout_sets(manifest["eval_sets"]))
     tasks = [(seed, name) for seed in seeds for name in names]
-    with ThreadPoolExecutor(max_workers=jobs) as pool, \
-            tqdm(total=len(tasks), desc=f"study b{settings.batch_size}", unit="run",
-                 disable=not show_progress) as bar:
-        futures = [pool.submit(train_and_evaluate, settings, manifest, out_dir, seed, name,
-                               eval_sets) for seed, name in tasks]
-        for future in futures:
-            future.result()
+    with tqdm(total=len(tasks), desc=f"study b{settings.batch_size}", unit="run",
+              disable=not show_progress) as bar:
+        def after_each():
             bar.update()
             write_study(out_dir, settings, manifest, names, seeds, jobs)
+
+        train_runs(settings, manifest, out_dir, tasks, eval_sets, jobs, after_each=after_each)
     return write_study(out_dir, settings, manifest, names, seeds, jobs)
 
 

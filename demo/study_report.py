@@ -77,44 +77,71 @@ def write_study(out_dir, settings, manifest, names, seeds, jobs):
     return path
 
 
-def write_batch_curve(out_dir, settings, names, seeds, batches):
-    """One row per global batch: each method's final concept mean R@1 and v3 / OpenCLIP."""
-    import matplotlib.pyplot as plt
+CURVE_KEYS = (("mean_r1", "concept mean R@1"), ("style_mean_r1", "style mean R@1"))
 
-    from demo.study import collect, summarise, write_json
+
+def batch_rows(out_dir, settings, names, seeds, batches):
+    """Per batch with complete runs: the seeds, each method's final value and v3 / OpenCLIP for
+    the concept and (on the pool) style held-out sets."""
     from demo.evaluate import POOL_COLUMNS
+    from demo.study import collect, summarise
 
-    out_dir = Path(out_dir)
-    rows, record, ratios = [], [], []
+    found = []
     for batch in batches:
         runs = collect(out_dir, replace(settings, batch_size=batch), names, seeds)
-        if not runs:
-            continue
-        finals, pairs, _ = summarise(runs, POOL_COLUMNS)
-        pair = pairs.get("fastclip-v3", {}).get("mean_r1")
-        cells = [stats.format_interval(finals[n].get("mean_r1")) if n in finals else "–"
-                 for n in names]
-        ratio = pair["ratio"] if pair else None
-        rows.append([batch] + cells + [stats.format_interval(ratio, scale=1)])
-        ratios.append((batch, ratio))
-        record.append({"batch": batch, "seeds": {n: sorted(r) for n, r in runs.items()},
-                       "mean_r1": {n: asdict(f["mean_r1"]) for n, f in finals.items()
-                                   if "mean_r1" in f},
-                       "ratio": ratio and asdict(ratio)})
-    table = markdown_table(["global batch"] + [f"{METHODS[n].label} concept mean R@1"
-                                               for n in names] + ["v3 / OpenCLIP"], rows)
-    (out_dir / "batch_curve.md").write_text(f"# Batch-size curve ({len(seeds)} seeds)\n\n{table}\n")
+        if runs:
+            finals, pairs, _ = summarise(runs, POOL_COLUMNS)
+            found.append((batch, runs, finals, pairs))
+    return found
+
+
+def write_batch_curve(out_dir, settings, names, seeds, batches):
+    """One row per global batch: each method's final held-out mean R@1 and v3 / OpenCLIP."""
+    from demo.study import write_json
+
+    out_dir = Path(out_dir)
+    found = batch_rows(out_dir, settings, names, seeds, batches)
+    keys = [(k, t) for k, t in CURVE_KEYS if any(k in f.get(n, {}) for _, _, f, _ in found
+                                                 for n in names)]
+    rows, record, ratios = [], [], {key: [] for key, _ in keys}
+    for batch, runs, finals, pairs in found:
+        row, entry = [batch], {"batch": batch, "seeds": {n: sorted(r) for n, r in runs.items()}}
+        for key, _ in keys:
+            pair = pairs.get("fastclip-v3", {}).get(key)
+            ratio = pair["ratio"] if pair else None
+            row += [stats.format_interval(finals[n].get(key)) if n in finals else "–"
+                    for n in names] + [stats.format_interval(ratio, scale=1)]
+            entry[key] = {n: asdict(f[key]) for n, f in finals.items() if key in f}
+            entry[f"{key}_ratio"] = ratio and asdict(ratio)
+            ratios[key].append((batch, ratio))
+        rows.append(row)
+        record.append(entry)
+    header = ["global batch"] + [c for _, title in keys for c in
+                                 [f"{METHODS[n].label} {title}" for n in names] +
+                                 [f"v3 / OpenCLIP {title}"]]
+    (out_dir / "batch_curve.md").write_text(
+        f"# Batch-size curve ({len(seeds)} seeds)\n\n{markdown_table(header, rows)}\n")
     write_json(out_dir / "batch_curve.json", record)
-    shown = [(b, r) for b, r in ratios if r is not None]
-    if shown:
-        fig, axis = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
-        axis.errorbar([b for b, _ in shown], [r.mean for _, r in shown],
-                      yerr=[0 if r.half_width != r.half_width else r.half_width
-                            for _, r in shown], marker="o", capsize=3)
-        axis.axhline(1.0, color="grey", lw=0.8)
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("global batch")
-        axis.set_ylabel("FastCLIP-v3 / OpenCLIP, concept mean R@1")
-        fig.savefig(out_dir / "batch_curve.png", dpi=100)
-        plt.close(fig)
+    plot_batch_ratios(out_dir / "batch_curve.png", ratios, dict(keys))
     return out_dir / "batch_curve.md"
+
+
+def plot_batch_ratios(path, ratios, titles):
+    import matplotlib.pyplot as plt
+
+    shown = {key: [(b, r) for b, r in pts if r is not None] for key, pts in ratios.items()}
+    if not any(shown.values()):
+        return
+    fig, axis = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
+    for key, pts in shown.items():
+        if pts:
+            axis.errorbar([b for b, _ in pts], [r.mean for _, r in pts],
+                          yerr=[0 if r.half_width != r.half_width else r.half_width
+                                for _, r in pts], marker="o", capsize=3, label=titles[key])
+    axis.axhline(1.0, color="grey", lw=0.8)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("global batch")
+    axis.set_ylabel("FastCLIP-v3 / OpenCLIP, final R@1")
+    axis.legend(fontsize=8)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -18,6 +18,11 @@ REPO = Path(__file__).resolve().parents[1]
 METHOD_LABELS = {name: METHODS[name].label for name in DEFAULT_METHODS}
 
 
+def quick_run(out, name):
+    """Where the quick demo keeps one method's run: the study's layout (batch, seed, method)."""
+    return out / "runs" / f"b{QUICK.batch_size}" / f"seed{QUICK.seed}" / name
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     """The quick demo through the shell script, as `DEMO_QUICK=1 make demo` runs it.
@@ -40,8 +45,8 @@ def test_the_same_seed_repeats_the_baseline_bit_for_bit(quick_demo, tmp_path):
     import torch
 
     out, _ = quick_demo
-    first = json.loads((out / "runs" / "openclip" / "train.json").read_text())
-    assert first["omp_num_threads"] == "2"
+    first = json.loads((quick_run(out, "openclip") / "train.json").read_text())
+    assert first["omp_num_threads"] == "1"   # one thread per trainer, two trainers at once
     command = list(first["command"])
     command[command.index("--logs") + 1] = str(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": first["omp_num_threads"]}
@@ -50,10 +55,48 @@ def test_the_same_seed_repeats_the_baseline_bit_for_bit(quick_demo, tmp_path):
     for epoch in range(1, QUICK.epochs + 1):
         weights = [torch.load(root / "openclip" / "checkpoints" / f"epoch_{epoch}.pt",
                               map_location="cpu", weights_only=True)["state_dict"]
-                   for root in (out / "runs", tmp_path)]
+                   for root in (quick_run(out, "openclip").parent, tmp_path)]
         assert weights[0].keys() == weights[1].keys()
         for key in weights[0]:
             assert torch.equal(weights[0][key], weights[1][key]), (epoch, key)
+
+
+def test_the_study_reuses_the_demos_runs_as_its_seed(quick_demo):
+    """`make demo` trains exactly as the study trains a seed, so `make demo-study` on the same
+    directory keeps the demo's runs (not one is retrained) and summarises them."""
+    from demo import study
+
+    out, _ = quick_demo
+    names = ["openclip", "fastclip-v3"]
+    before = {n: (quick_run(out, n) / "train.json").stat().st_mtime_ns for n in names}
+    study.run_study(out, QUICK, names, [QUICK.seed], jobs=1, show_progress=False)
+    assert {n: (quick_run(out, n) / "train.json").stat().st_mtime_ns for n in names} == before
+    record = json.loads((out / f"study_b{QUICK.batch_size}.json").read_text())
+    assert record["complete"] == {n: [QUICK.seed] for n in names}
+
+
+def test_a_finished_run_is_reused_only_for_the_same_command(tmp_path):
+    """Paths may move with the checkout; a changed flag, epoch count or thread count retrains."""
+    from demo import study
+
+    run_dir, settings = tmp_path / "openclip", replace(QUICK, epochs=1)
+    (run_dir / "eval" / "epoch_1").mkdir(parents=True)
+    (run_dir / "eval" / "epoch_1" / "demo_summary.json").write_text("{}")
+
+    def command(root, lr="0.001"):
+        return [f"{root}/python", "-m", "open_clip_train.main", "--train-data",
+                f"{root}/data/{{0..1}}.tar", "--lr", lr, "--logs", f"{root}/runs"]
+
+    def record(threads):
+        (run_dir / "train.json").write_text(json.dumps(
+            {"omp_num_threads": threads, "command": command("/a")}))
+
+    record("1")
+    assert study.reusable(run_dir, settings, command("/b"))
+    assert not study.reusable(run_dir, settings, command("/a", lr="0.002"))
+    assert not study.reusable(run_dir, replace(settings, epochs=2), command("/a"))
+    record("2")
+    assert not study.reusable(run_dir, settings, command("/a"))
 
 
 def split_row(line):
@@ -95,7 +138,7 @@ def test_report_numbers_are_the_evaluation_output(quick_demo):
     out, _ = quick_demo
     final = table_rows((out / "report.md").read_text(), "method")
     for name, label in METHOD_LABELS.items():
-        records = eval_records(out / "runs" / name, QUICK.epochs)
+        records = eval_records(quick_run(out, name), QUICK.epochs)
         for _, header, task, metric in evaluate.HELDOUT_COLUMNS:
             assert final[label][header] == f"{100 * records[task]['metrics'][metric]:.2f}", \
                 (name, header)
@@ -108,7 +151,7 @@ def test_every_epoch_is_checkpointed_and_evaluated(quick_demo):
     per_epoch = table_rows((out / "report.md").read_text(), "epoch")
     assert sorted(map(int, per_epoch)) == list(range(1, QUICK.epochs + 1))
     for name in METHOD_LABELS:
-        run_dir = out / "runs" / name
+        run_dir = quick_run(out, name)
         train = json.loads((run_dir / "train.json").read_text())
         # what the trainer logged it saw per epoch equals what the driver predicts
         assert train["samples_per_epoch"] == runner.expected_samples_per_epoch(
@@ -127,7 +170,7 @@ def test_results_json_comparison_matches_the_points(quick_demo):
     base = results["runs"]["openclip"]["points"][-1]["mean_r1"]
     fast = results["runs"]["fastclip-v3"]["points"][-1]["mean_r1"]
     assert results["comparison"]["ratio_final"] == pytest.approx(fast / base)
-    assert eval_records(out / "runs" / "openclip", QUICK.epochs)[
+    assert eval_records(quick_run(out, "openclip"), QUICK.epochs)[
         "heldout_retrieval"]["metrics"]["mean_recall@1"] == base
 
 
