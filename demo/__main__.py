@@ -20,6 +20,7 @@ repository root (``bash run_scripts/demo.sh`` does that from anywhere):
     python -m demo data                       # only the data (make demo-data)
     python -m demo study --jobs 2             # 5 seeds x 6 methods, the demo's settings
     python -m demo batch-curve --jobs 2       # global batch 16/32/64/128, 3 seeds
+    python -m demo keep                       # finished study runs -> demo/study_record/
 
 Files under ``--out`` (default build/demo): ``data/`` (demo data), ``runs/<method>/`` (OpenCLIP
 run dirs: params.txt, out.log, checkpoints/epoch_N.pt, eval/epoch_N/demo_{results.jsonl,
@@ -66,7 +67,7 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", choices=("run", "tune", "data", "study",
-                                                       "batch-curve"), default="run")
+                                                       "batch-curve", "keep"), default="run")
     parser.add_argument("--out", type=Path, default=None,
                         help=f"output directory (default {DEFAULT_OUT}, for every command)")
     parser.add_argument("--quick", action="store_true",
@@ -138,6 +139,11 @@ def main(argv=None):
         print(run_batch_curve(args.out, settings, args.methods if methods_given else
                               CURVE_METHODS, args.seeds or CURVE_SEEDS, jobs=args.jobs,
                               show_progress=not args.no_progress))
+    elif args.command == "keep":
+        from demo.study_record import RECORD_DIR, keep
+
+        kept = keep(args.out, RECORD_DIR)
+        print(f"kept {len(kept)} finished study run(s) of {args.out} in {RECORD_DIR}")
     elif args.command == "tune":
         # quick tunings are for tests: they never extend the committed record by default
         record = args.record or (None if args.quick else RECORD_PATH)

@@ -19,17 +19,19 @@ thread per trainer, ``--jobs`` 1 or 2, and ``study.json`` records it. ``<out>/st
 import json
 import os
 import queue
+import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from demo import stats
-from demo.evaluate import (EvalSets, checkpoints_of, columns_for, evaluate_run, heldout_sets,
+from demo.evaluate import (EvalSets, columns_for, evaluate_run, heldout_sets,
                            read_run_points)
 from demo.methods import METHODS, method_flags
 from demo.runner import (expected_samples_per_epoch, read_train_record, run_trainer,
                          trainer_command)
+from demo.study_record import RECORD_DIR, copy_run, recorded_run
 
 STUDY_METHODS = ("openclip", "siglip", "fastclip-v0", "fastclip-v1", "fastclip-v2",
                  "fastclip-v3")
@@ -67,9 +69,11 @@ def reusable(run_dir, settings, command):
             and comparable(record.get("command", ())) == comparable(command))
 
 
-def train_and_evaluate(settings, manifest, out_dir, seed, name, eval_sets, bar_position=None):
+def train_and_evaluate(settings, manifest, out_dir, seed, name, eval_sets, bar_position=None,
+                       record_dir=None):
     """One (method, seed) run: train with a checkpoint per epoch, evaluate every checkpoint.
-    ``bar_position`` set: the trainer's progress bar on that terminal line."""
+    ``bar_position`` set: the trainer's progress bar on that terminal line. ``record_dir`` set:
+    a run recorded there with this very command is restored instead (demo/study_record.py)."""
     seeded = replace(settings, seed=seed)
     run_dir = run_dir_of(out_dir, seeded, seed, name)
     num_samples = seeded.train_num_samples or manifest["train"]["num_samples"]
@@ -78,6 +82,12 @@ def train_and_evaluate(settings, manifest, out_dir, seed, name, eval_sets, bar_p
     command = trainer_command(seeded, manifest, flags, run_dir.parent, name)
     if reusable(run_dir, seeded, command):
         return run_dir
+    if record_dir is not None:
+        recorded = recorded_run(record_dir, run_dir, out_dir)
+        if reusable(recorded, seeded, command):
+            shutil.rmtree(run_dir, ignore_errors=True)
+            copy_run(recorded, run_dir)
+            return run_dir
     env = {**os.environ, "OMP_NUM_THREADS": STUDY_THREADS}
     record = run_trainer(command, run_dir, f"{METHODS[name].label} seed {seed}", seeded.epochs,
                          expected, show_progress=bar_position is not None, env=env,
@@ -88,7 +98,7 @@ def train_and_evaluate(settings, manifest, out_dir, seed, name, eval_sets, bar_p
 
 
 def train_runs(settings, manifest, out_dir, tasks, eval_sets, jobs=1, trainer_bars=False,
-               after_each=None):
+               after_each=None, record_dir=None):
     """Every (seed, method) of ``tasks``, ``jobs`` at a time (one thread each); the trainers'
     bars, if shown, take one terminal line per job slot. ``after_each()`` runs as each ends."""
     slots = queue.SimpleQueue()
@@ -99,7 +109,8 @@ def train_runs(settings, manifest, out_dir, tasks, eval_sets, jobs=1, trainer_ba
         slot = slots.get()
         try:
             return train_and_evaluate(settings, manifest, out_dir, seed, name, eval_sets,
-                                      bar_position=slot if trainer_bars else None)
+                                      bar_position=slot if trainer_bars else None,
+                                      record_dir=record_dir)
         finally:
             slots.put(slot)
 
@@ -116,7 +127,8 @@ def collect(out_dir, settings, names, seeds):
     for name in names:
         for seed in seeds:
             run_dir = run_dir_of(out_dir, replace(settings, seed=seed), seed, name)
-            if is_complete(run_dir, replace(settings, seed=seed)) and checkpoints_of(run_dir):
+            # the evaluation files are the record: a restored run has no checkpoints
+            if is_complete(run_dir, replace(settings, seed=seed)):
                 found.setdefault(name, {})[seed] = read_run_points(run_dir)
     return found
 
@@ -143,8 +155,10 @@ def summarise(runs, columns, baseline="openclip"):
     return finals, pairs, bands
 
 
-def run_study(out_dir, settings, names, seeds, jobs=1, show_progress=True):
-    """Train and evaluate every (method, seed) not yet complete, then write the summary."""
+def run_study(out_dir, settings, names, seeds, jobs=1, show_progress=True,
+              record_dir=RECORD_DIR):
+    """Train and evaluate every (method, seed) not yet complete (restoring what the record holds),
+    then write the summary."""
     from tqdm import tqdm
 
     from demo.pipeline import demo_data
@@ -160,17 +174,19 @@ def run_study(out_dir, settings, names, seeds, jobs=1, show_progress=True):
             bar.update()
             write_study(out_dir, settings, manifest, names, seeds, jobs)
 
-        train_runs(settings, manifest, out_dir, tasks, eval_sets, jobs, after_each=after_each)
+        train_runs(settings, manifest, out_dir, tasks, eval_sets, jobs, after_each=after_each,
+                   record_dir=record_dir)
     return write_study(out_dir, settings, manifest, names, seeds, jobs)
 
 
 def run_batch_curve(out_dir, settings, names, seeds, batches=CURVE_BATCHES, jobs=1,
-                    show_progress=True):
+                    show_progress=True, record_dir=RECORD_DIR):
     """The study at each global batch (same samples seen: the epochs stay), fewer seeds."""
     from demo.study_report import write_batch_curve
 
     for batch in batches:
-        run_study(out_dir, replace(settings, batch_size=batch), names, seeds, jobs, show_progress)
+        run_study(out_dir, replace(settings, batch_size=batch), names, seeds, jobs, show_progress,
+                  record_dir)
     return write_batch_curve(out_dir, settings, names, seeds, batches)
 
 

@@ -357,3 +357,25 @@ def test_study_and_batch_curve_drivers_on_the_quick_path(tmp_path):
     assert (study.run_dir_of(tmp_path, tiny, 0, "openclip") / "train.json").stat().st_mtime_ns \
         == first   # reused, not retrained
     assert (tmp_path / "study_curves_b32.png").is_file()
+
+
+def test_a_recorded_study_carries_on_from_a_fresh_directory(tmp_path):
+    """`python -m demo keep` records a finished run's small files; a study in a fresh directory
+    restores it instead of training (no checkpoint appears) and summarises the same numbers; a
+    changed setting is not restored but trained."""
+    from demo import study, study_record
+
+    names, tiny = ["openclip"], replace(QUICK, epochs=1, train_num_samples=64)
+    first, record, fresh = tmp_path / "first", tmp_path / "record", tmp_path / "fresh"
+    study.run_study(first, tiny, names, [0], show_progress=False, record_dir=None)
+    kept = study_record.keep(first, record)
+    assert [p.relative_to(record) for p in kept] == [Path("runs/b16/seed0/openclip")]
+    assert not list(record.rglob("*.pt")) and (record / "study_b16.json").is_file()
+    study.run_study(fresh, tiny, names, [0], show_progress=False, record_dir=record)
+    assert not (study.run_dir_of(fresh, tiny, 0, "openclip") / "checkpoints").exists()
+    summary = [json.loads((root / "study_b16.json").read_text())["finals"]
+               for root in (first, fresh)]
+    assert summary[0] == summary[1] and "openclip" in summary[0]
+    warmer = replace(tiny, warmup_steps=tiny.warmup_steps + 1)
+    study.run_study(fresh, warmer, names, [0], show_progress=False, record_dir=record)
+    assert (study.run_dir_of(fresh, warmer, 0, "openclip") / "checkpoints" / "epoch_1.pt").is_file()
