@@ -48,14 +48,25 @@ def seeds_on_disk(out_dir, settings):
     return {int(p.name[4:]) for p in batch_dir.glob("seed*") if p.name[4:].isdigit()}
 
 
+def methods_on_disk(out_dir, settings):
+    """The methods with a run directory at this batch, in the method table's order."""
+    from demo.study import run_dir_of
+
+    batch_dir = run_dir_of(out_dir, settings, 0, "x").parent.parent
+    found = {p.name for p in batch_dir.glob("seed*/*") if p.is_dir()}
+    return [name for name in METHODS if name in found]
+
+
 def write_study(out_dir, settings, manifest, names, seeds, jobs):
     """Rewrite the study's files from the complete runs; -> study.md."""
     from demo.study import collect, columns_of, study_record, summarise, write_json
 
     out_dir = Path(out_dir)
     columns = columns_of(manifest)
-    # every complete seed on disk: a batch curve with fewer seeds never shrinks a study's summary
+    # every complete seed and method on disk: a batch curve with fewer seeds or methods never
+    # shrinks a study's summary
     seeds = sorted(set(seeds) | seeds_on_disk(out_dir, settings))
+    names = list(names) + [n for n in methods_on_disk(out_dir, settings) if n not in names]
     runs = collect(out_dir, settings, names, seeds)
     if not runs:
         return None

@@ -357,6 +357,9 @@ def test_study_and_batch_curve_drivers_on_the_quick_path(tmp_path):
     assert (study.run_dir_of(tmp_path, tiny, 0, "openclip") / "train.json").stat().st_mtime_ns \
         == first   # reused, not retrained
     assert (tmp_path / "study_curves_b32.png").is_file()
+    study.run_study(tmp_path, tiny, ["fastclip-v3"], [0], show_progress=False)
+    record = json.loads((tmp_path / "study_b16.json").read_text())
+    assert record["complete"] == {n: seeds for n in names}   # a narrower rerun never shrinks it
 
 
 def test_a_recorded_study_carries_on_from_a_fresh_directory(tmp_path):
