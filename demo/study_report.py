@@ -124,7 +124,7 @@ def write_batch_curve(out_dir, settings, names, seeds, batches):
                     for n in names] + [stats.format_interval(ratio, scale=1)]
             entry[key] = {n: asdict(f[key]) for n, f in finals.items() if key in f}
             entry[f"{key}_ratio"] = ratio and asdict(ratio)
-            ratios[key].append((batch, ratio))
+            ratios[key].append((batch, ratio, pair["ratios"] if pair else []))
         rows.append(row)
         record.append(entry)
     header = ["global batch"] + [c for _, title in keys for c in
@@ -138,21 +138,28 @@ def write_batch_curve(out_dir, settings, names, seeds, batches):
 
 
 def plot_batch_ratios(path, ratios, titles):
+    """Mean ratio per batch with each seed's ratio as a dot (with two or three seeds the t
+    interval is too wide to read, the seeds themselves are not); the axis spans the seeds."""
     import matplotlib.pyplot as plt
 
-    shown = {key: [(b, r) for b, r in pts if r is not None] for key, pts in ratios.items()}
+    shown = {key: [(b, r, seeds) for b, r, seeds in pts if r is not None]
+             for key, pts in ratios.items()}
     if not any(shown.values()):
         return
     fig, axis = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
-    for key, pts in shown.items():
+    for offset, (key, pts) in zip((0.97, 1.03), shown.items()):
         if pts:
-            axis.errorbar([b for b, _ in pts], [r.mean for _, r in pts],
-                          yerr=[0 if r.half_width != r.half_width else r.half_width
-                                for _, r in pts], marker="o", capsize=3, label=titles[key])
+            line, = axis.plot([b for b, _, _ in pts], [r.mean for _, r, _ in pts], marker="o",
+                              label=f"{titles[key]} (mean)")
+            dots = [(b * offset, v) for b, _, seeds in pts for v in seeds
+                    if v is not None and v == v and v != float("inf")]
+            axis.scatter([b for b, _ in dots], [v for _, v in dots], s=12, alpha=0.6,
+                         color=line.get_color())
     axis.axhline(1.0, color="grey", lw=0.8)
     axis.set_xscale("log", base=2)
     axis.set_xlabel("global batch")
     axis.set_ylabel("FastCLIP-v3 / OpenCLIP, final R@1")
+    axis.set_title("dots: one seed each", fontsize=9)
     axis.legend(fontsize=8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
