@@ -12,7 +12,8 @@ more lr on the side of its best, so each best is interior. The sample shuffle is
 (347 validation pairs: one pair is 0.29 points).
 
 Working files go to ``<out>/tuning/`` (``tuning.json``: the scored points of these settings, kept
-when a grid grows or a tuning resumes). Every scored point also goes into the tuning record,
+when a grid grows or a tuning resumes; points the record already holds for these settings are
+kept too, so a tuning carries on across fresh checkouts). Every scored point also goes into the tuning record,
 ``demo/tuning_record.jsonl`` (one JSON object per line: date, method, hyper, fixed, settings,
 shuffle, val_mean_r1, optional note), which the report reads; a point scored again with the same
 settings replaces its line (``tune --quick`` extends no record unless ``--record`` names one).
@@ -102,6 +103,18 @@ def previous_results(tuning_dir, settings):
     return [r for r in record["results"] if "val_mean_r1" in r]
 
 
+def recorded_results(record, settings):
+    """Points the tuning record already scored at ``settings`` (seeded shuffle, each method's
+    current fixed settings): a tuning that a session cut off carries on from its committed
+    record in a fresh checkout, whose build/ holds no ``tuning.json``."""
+    wanted = json.loads(json.dumps(asdict(settings)))
+    return [{"method": e["method"], "hyper": e["hyper"], "val_mean_r1": e["val_mean_r1"],
+             "from_record": True}
+            for e in (read_record(record) if record is not None else [])
+            if e["settings"] == wanted and e.get("shuffle") == "seeded"
+            and e["method"] in METHODS and e["fixed"] == METHODS[e["method"]].fixed]
+
+
 def score(result, settings, eval_sets):
     """val_retrieval mean R@1 of a tuning run's final checkpoint, read back from its summary."""
     from eval.report import load_points
@@ -129,6 +142,10 @@ def run_tuning(out_dir, settings, names, jobs=1, record=None):
     env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if jobs > 1 else {})}
     results = previous_results(tuning_dir, settings)
     done = [(r["method"], r["hyper"]) for r in results]
+    for result in recorded_results(record, settings):
+        if (result["method"], result["hyper"]) not in done:
+            results.append(result)
+            done.append((result["method"], result["hyper"]))
     tasks = [(name, hyper) for name in names for hyper in grid_points(METHODS[name].grid)
              if (name, hyper) not in done]
     with ThreadPoolExecutor(max_workers=jobs) as pool, \

@@ -322,6 +322,27 @@ def test_tuning_keeps_scored_points_and_trains_only_new_ones(tmp_path, monkeypat
     assert other == []
 
 
+def test_a_tuning_carries_on_from_its_record_in_a_fresh_directory(tmp_path, monkeypatch):
+    """A fresh checkout has no tuning.json: the record's points at the same settings are kept,
+    only the grid's other points train, and a record line at other settings is not reused."""
+    grid = Method("OpenCLIP", tuned=dict(lr=1e-3, temperature=0.07),
+                  grid=dict(lr=[1e-3, 5e-4], temperature=[0.07]))
+    monkeypatch.setitem(METHODS, "openclip", grid)
+    record = tmp_path / "record.jsonl"
+    tuning.extend_record(record, QUICK, [{"method": "openclip", "val_mean_r1": 0.25,
+                                          "hyper": dict(lr=1e-3, temperature=0.07)}])
+    tuning.extend_record(record, replace(QUICK, epochs=3), [
+        {"method": "openclip", "val_mean_r1": 0.75, "hyper": dict(lr=5e-4, temperature=0.07)}])
+    results = json.loads(tuning.run_tuning(tmp_path / "fresh", QUICK, ["openclip"],
+                                           record=record).read_text())["results"]
+    assert [(r["hyper"]["lr"], r.get("from_record", False)) for r in results] == [
+        (1e-3, True), (5e-4, False)]
+    assert results[0]["val_mean_r1"] == 0.25 and results[1]["val_mean_r1"] != 0.75
+    trained = sorted(p.name for p in (tmp_path / "fresh" / "tuning").iterdir() if p.is_dir())
+    assert trained == [tuning.tuning_run_name("openclip", dict(lr=5e-4, temperature=0.07))]
+    assert len(tuning.read_record(record)) == 3
+
+
 def test_majority_class_share_is_the_most_frequent_label():
     assert evaluate.majority_class_share([(None, 2), (None, 2), (None, 0), (None, 2)]) == 0.75
 
