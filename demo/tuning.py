@@ -6,15 +6,15 @@
 Each grid point trains with the shared settings (final checkpoint only) and is scored by the
 validation split's retrieval mean R@1 ×100 at the final epoch (val_retrieval: emoji carved from
 the training side, never the held-out ones). Every method gets 3 lr × 2 values of its own
-temperature-side knob = 6 runs; the grids started at lr {5e-4, 1e-3} and every method got one
-more lr on the side of its best, so each best is interior. The sample shuffle is seeded
-(patches/0010), so a rerun of a grid point reproduces it; other seeds move a score by ~±2 points
-(347 validation pairs: one pair is 0.29 points).
+temperature-side knob = 6 runs; a grid whose best sits on its edge moves one lr step that way
+until the best is interior (the record keeps every point). The sample shuffle is seeded
+(patches/0010), so a rerun of a grid point reproduces it (the pool's validation split: 1,032
+pairs, one pair is 0.05 points of mean R@1).
 
 Working files go to ``<out>/tuning/`` (``tuning.json``: the scored points of these settings, kept
 when a grid grows or a tuning resumes; points the record already holds for these settings are
-kept too, so a tuning carries on across fresh checkouts). Every scored point also goes into the tuning record,
-``demo/tuning_record.jsonl`` (one JSON object per line: date, method, hyper, fixed, settings,
+kept too, so a tuning carries on across fresh checkouts). Every scored point also goes into the
+tuning record, ``demo/tuning_record.jsonl`` (one JSON object per line: date, method, hyper, fixed, settings,
 shuffle, val_mean_r1, optional note), which the report reads; a point scored again with the same
 settings replaces its line (``tune --quick`` extends no record unless ``--record`` names one).
 The record also keeps the regime study (batch 16 vs 32, lr 1e-3, OpenCLIP τ₀ 0.03, γ_min 0.8):
@@ -46,6 +46,11 @@ def read_record(path=RECORD_PATH):
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def settings_json(settings):
+    """``settings`` as the record stores them (JSON types: tuples become lists)."""
+    return json.loads(json.dumps(asdict(settings)))
+
+
 def _entry_key(entry):
     return tuple(json.dumps(entry.get(k), sort_keys=True)
                  for k in ("method", "hyper", "fixed", "settings", "shuffle"))
@@ -59,7 +64,7 @@ def extend_record(path, settings, results):
     for result in results:
         entry = {"date": time.strftime("%Y-%m-%d"), "method": result["method"],
                  "hyper": result["hyper"], "fixed": METHODS[result["method"]].fixed,
-                 "settings": json.loads(json.dumps(asdict(settings))), "shuffle": "seeded",
+                 "settings": settings_json(settings), "shuffle": "seeded",
                  "val_mean_r1": result["val_mean_r1"]}
         key = _entry_key(entry)
         if key in positions:
@@ -98,7 +103,7 @@ def previous_results(tuning_dir, settings):
     if not path.is_file():
         return []
     record = json.loads(path.read_text())
-    if record.get("settings") != json.loads(json.dumps(asdict(settings))):
+    if record.get("settings") != settings_json(settings):
         return []
     return [r for r in record["results"] if "val_mean_r1" in r]
 
@@ -107,7 +112,7 @@ def recorded_results(record, settings):
     """Points the tuning record already scored at ``settings`` (seeded shuffle, each method's
     current fixed settings): a tuning that a session cut off carries on from its committed
     record in a fresh checkout, whose build/ holds no ``tuning.json``."""
-    wanted = json.loads(json.dumps(asdict(settings)))
+    wanted = settings_json(settings)
     return [{"method": e["method"], "hyper": e["hyper"], "val_mean_r1": e["val_mean_r1"],
              "from_record": True}
             for e in (read_record(record) if record is not None else [])
