@@ -22,22 +22,32 @@ def final_rows(finals, columns, runs):
     return markdown_table(["method", "seeds"] + [titles[k] for k in keys], rows)
 
 
+def seed_count(n):
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def reach_text(summary):
+    """Samples-to-match and how many seeds never got there, in words."""
+    fraction, never, n = summary["fraction"], summary["never_reached"], len(summary["seeds"])
+    reach = "never" if fraction is None else stats.format_interval(fraction, scale=1)
+    missed = ("every seed reached it" if never == 0 else
+              f"{never} of {seed_count(n)} never reached it")
+    return f"**{reach}** ({missed})"
+
+
 def paired_lines(pairs, titles):
     lines = []
     for name, by_key in pairs.items():
         for key, summary in by_key.items():
             ratio = summary["ratio"]
-            fraction = summary["fraction"]
             ratio_text = "–" if ratio is None else stats.format_interval(ratio, scale=1)
-            reach = ("never" if fraction is None else stats.format_interval(fraction, scale=1))
             lines.append(
                 f"- {METHODS[name].label} / OpenCLIP, {titles.get(key, key)} at equal samples "
-                f"(final checkpoint, paired by seed, {len(summary['seeds'])} seeds): "
+                f"(final checkpoint, paired by seed, {seed_count(len(summary['seeds']))}): "
                 f"**{ratio_text}×**; per seed "
                 f"{', '.join('–' if r is None else f'{r:.2f}' for r in summary['ratios'])}. "
                 f"Samples to reach OpenCLIP's final value (interpolated, fraction of its "
-                f"samples): **{reach}** ({summary['never_reached']} of "
-                f"{len(summary['seeds'])} seeds never reached it).")
+                f"samples): {reach_text(summary)}.")
     return lines
 
 
