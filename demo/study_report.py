@@ -85,7 +85,7 @@ def write_study(out_dir, settings, manifest, names, seeds, jobs):
     suffix = f"_b{settings.batch_size}"
     plot_bands({METHODS[n].label: bands[n] for n in runs}, out_dir / f"study_curves{suffix}.png",
                columns)
-    lines = [f"# Study: {len(seeds)} seeds, global batch {settings.batch_size}", "",
+    lines = [f"# Study: {seed_count(len(seeds))}, global batch {settings.batch_size}", "",
              f"Settings: {', '.join(f'{k} {v}' for k, v in asdict(settings).items() if k != 'seed')};"
              f" seeds {', '.join(map(str, seeds))}; one thread per trainer, {jobs} at once. "
              "Values ×100, mean ± 95% CI over seeds (Student t); a single seed shows no ±.", "",
@@ -141,7 +141,7 @@ def write_batch_curve(out_dir, settings, names, seeds, batches):
                                  [f"{METHODS[n].label} {title}" for n in names] +
                                  [f"v3 / OpenCLIP {title}"]]
     (out_dir / "batch_curve.md").write_text(
-        f"# Batch-size curve ({len(seeds)} seeds)\n\n{markdown_table(header, rows)}\n")
+        f"# Batch-size curve ({seed_count(len(seeds))})\n\n{markdown_table(header, rows)}\n")
     write_json(out_dir / "batch_curve.json", record)
     plot_batch_ratios(out_dir / "batch_curve.png", ratios, dict(keys))
     return out_dir / "batch_curve.md"
