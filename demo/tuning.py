@@ -1,7 +1,9 @@
 """Tuning: each method's grid, every point scored on the validation split only.
 
-    python -m demo tune --jobs 2              # FULL settings, 3 methods x 6 points: ~51 min
-                                              # on 2 cores (~5.6 min a pair of runs, 2026-12-02)
+    python -m demo tune --jobs 2              # FULL settings, the demo's 3 methods x 6 points
+    python -m demo tune --methods fastclip-v0,fastclip-v1,fastclip-v2 --jobs 2
+                                              # ~30 min each on 2 cores (~3.3 min a pair of
+                                              # runs on a quiet machine, 2026-12-02)
 
 Each grid point trains with the shared settings (final checkpoint only) and is scored by the
 validation split's retrieval mean R@1 ×100 at the final epoch (val_retrieval: emoji carved from
