@@ -19,7 +19,7 @@ repository root (``bash run_scripts/demo.sh`` does that from anywhere):
     python -m demo --batch-size 32 --methods openclip,fastclip-v3,fastclip-v1  # a regime
     python -m demo data                       # only the data (make demo-data)
     python -m demo study --jobs 2             # 5 seeds x 6 methods, the demo's settings
-    python -m demo batch-curve --jobs 2       # global batch 16/32/64/128, 3 seeds
+    python -m demo batch-curve --jobs 2       # global batch 8/16/32/64/128, 3 seeds
     python -m demo keep                       # finished study runs -> demo/study_record/
 
 Files under ``--out`` (default build/demo): ``data/`` (demo data), ``runs/<method>/`` (OpenCLIP

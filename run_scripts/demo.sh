@@ -5,7 +5,7 @@
 #   bash run_scripts/demo.sh data             # only the data (first build: ~6 min, cached)
 #   bash run_scripts/demo.sh                  # full demo -> build/demo/report.md, curves.png
 #   bash run_scripts/demo.sh study --jobs 2   # 5 seeds x 6 methods -> build/demo/study_b16.md
-#   bash run_scripts/demo.sh batch-curve --jobs 2   # global batch 16/32/64/128, 3 seeds
+#   bash run_scripts/demo.sh batch-curve --jobs 2   # global batch 8/16/32/64/128, 3 seeds
 #   bash run_scripts/demo.sh --quick          # digits, 2 short epochs (what the tests run)
 #   DEMO_QUICK=1 bash run_scripts/demo.sh     # the same
 #   bash run_scripts/demo.sh --methods openclip,fastclip-v3 --out build/demo-two
