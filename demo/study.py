@@ -3,7 +3,7 @@
 
     python -m demo study --jobs 2                     # 5 seeds x 6 methods, the demo's settings
     python -m demo study --seeds 0,1 --methods openclip,fastclip-v3 --jobs 2
-    python -m demo batch-curve --jobs 2               # batch 8/16/32/64/128, 3 seeds, OpenCLIP vs v3
+    python -m demo batch-curve --jobs 2               # batch 8-128, 3 seeds, OpenCLIP vs v3
     python -m demo study --quick --seeds 0,1          # digits, seconds: what the tests run
 
 Each run lives in ``<out>/runs/b<batch>/seed<seed>/<method>/`` (an OpenCLIP run dir plus
